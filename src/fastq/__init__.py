@@ -1,0 +1,16 @@
+"""fastq — lock-free shared-memory queues for Python processes.
+
+>>> import fastq
+>>> with fastq.Queue() as q:
+...     q.put("hello")
+...     q.get()
+'hello'
+"""
+from queue import Empty, Full
+
+from ._core import CorruptQueueError, FastqError, IncompatibleQueueError
+from .queue import JoinableQueue, Queue, unlink
+
+__version__ = "0.1.0"
+__all__ = ["Queue", "JoinableQueue", "unlink", "Empty", "Full", "FastqError", "CorruptQueueError",
+           "IncompatibleQueueError", "__version__"]

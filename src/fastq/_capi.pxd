@@ -1,0 +1,89 @@
+# _capi.pxd — declarations of the C core (src/fastq/_native/fq.h).  Only declarations.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "fq.h" nogil:
+    ctypedef enum fq_status:
+        FQ_OK
+        FQ_EMPTY
+        FQ_FULL
+        FQ_TIMEOUT
+        FQ_STALLED
+        FQ_ERR_SYS
+        FQ_ERR_INVAL
+        FQ_ERR_TOO_BIG
+        FQ_ERR_CORRUPT
+        FQ_ERR_FORMAT
+        FQ_ERR_PERM
+        FQ_ERR_EXISTS
+        FQ_ERR_NOENT
+        FQ_ERR_NOMEM
+        FQ_ERR_MEMBERS
+        FQ_ERR_LOST
+        FQ_ERR_SIZE
+
+    ctypedef struct fq_params:
+        uint64_t capacity
+        uint64_t maxsize
+        uint32_t desc_count
+        uint32_t window
+        uint32_t max_members
+        uint32_t max_groups
+
+    ctypedef struct fq_queue:
+        uint8_t *base
+        int fd
+        int member
+        int anonymous
+        uint64_t cap
+        uint32_t n_desc
+        uint32_t max_frame
+        uint32_t max_members
+        uint32_t max_groups
+        uint32_t window
+        uint64_t maxsize
+        uint64_t limit_records
+
+    ctypedef struct fq_msg:
+        uint64_t seq
+        const uint8_t *data
+        uint32_t len
+        uint32_t deliveries
+        int64_t ts_ns
+
+    int fq_name_valid(const char *name)
+    int fq_create(fq_queue *q, const char *name, const fq_params *p)
+    int fq_open(fq_queue *q, const char *name, int64_t wait_ns)
+    int fq_open_fd(fq_queue *q, int fd)
+    void fq_close(fq_queue *q)
+    int fq_unlink(const char *name)
+    int fq_after_fork_child(fq_queue *q)
+    int fq_join(fq_queue *q, uint32_t kind)
+    void fq_leave(fq_queue *q)
+
+    int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
+    uint8_t *fq_payload(fq_queue *q, uint64_t seq)
+    void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n)
+    uint32_t fq_max_payload(const fq_queue *q)
+    uint64_t fq_batch_limit(const fq_queue *q)
+    uint64_t fq_frame_bytes(uint32_t len)
+
+    int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out)
+    int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+
+    uint64_t fq_tail_seq(fq_queue *q)
+    uint64_t fq_qsize(fq_queue *q, uint32_t g)
+    int fq_task_done(fq_queue *q, uint64_t n)
+    uint64_t fq_unfinished(fq_queue *q)
+
+    int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin)
+    int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns)
+    int fq_wait_done(fq_queue *q, int64_t deadline_ns)
+    int64_t fq_now_ns()
+
+    int fq_maintain(fq_queue *q, int force)
+    int fq_member_alive(fq_queue *q, uint32_t id)
+
+    void FQ_CRASHPOINT(const char *name)
+    void fq_crash_arm(const char *spec)
+    const char *fq_strerror(int status)
+    const char *fq_last_error()

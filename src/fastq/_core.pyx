@@ -1,0 +1,598 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""fastq._core — owns native queue handles, releases the GIL around waits and
+turns C status codes into Python exceptions.  Nothing else: the public API is
+in fastq.queue (Queue, JoinableQueue) and fastq.__init__.
+
+Rules this layer keeps (see docs/protocol.md):
+- fq_claim -> copy -> fq_commit runs with the GIL held and cannot raise in
+  between, so threads sharing one handle never interleave claims (one intent
+  slot per member) and a claim is never abandoned by a Python exception.
+- Waits run without the GIL in slices of at most 100 ms; between slices the
+  loop checks signals (Ctrl-C -> KeyboardInterrupt), close(), the deadline,
+  and runs the rate-limited liveness scan (fq_maintain).
+- A handle is never unmapped while a thread waits on it: close() defers the
+  unmap to the last waiter leaving.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+from . cimport _capi as N
+
+import errno as _errno
+import os as _os
+import queue as _queue
+
+Empty = _queue.Empty
+Full = _queue.Full
+
+
+class FastqError(Exception):
+    """Base class of fastq's own errors."""
+
+
+class CorruptQueueError(FastqError):
+    """A queue file failed validation (checksum, bounds, impossible state)."""
+
+
+class IncompatibleQueueError(FastqError):
+    """The file is not a fastq queue of a layout this build can read."""
+
+
+cdef int64_t SLICE_NS = 100_000_000      # longest uninterrupted park
+cdef uint32_t SPIN = 3000                # pause-loop iterations before parking (~10-40 us)
+cdef uint32_t KIND_PRODUCER_CONSUMER = 3
+
+
+cdef str _detail(int rc):
+    cdef const char *d = N.fq_last_error()
+    s = d.decode('utf-8', 'replace') if d != NULL else ''
+    return s or N.fq_strerror(rc).decode()
+
+
+cdef int _raise(int rc, str what=None) except -1:
+    msg = _detail(rc)
+    if what:
+        msg = f"{what}: {msg}"
+    if rc == N.FQ_ERR_INVAL or rc == N.FQ_ERR_TOO_BIG or rc == N.FQ_ERR_SIZE:
+        raise ValueError(msg)
+    if rc == N.FQ_ERR_EXISTS:
+        raise FileExistsError(_errno.EEXIST, msg)
+    if rc == N.FQ_ERR_NOENT:
+        raise FileNotFoundError(_errno.ENOENT, msg)
+    if rc == N.FQ_ERR_PERM:
+        raise PermissionError(_errno.EACCES, msg)
+    if rc == N.FQ_ERR_NOMEM:
+        raise OSError(_errno.ENOSPC, msg)
+    if rc == N.FQ_ERR_CORRUPT:
+        raise CorruptQueueError(msg)
+    if rc == N.FQ_ERR_FORMAT:
+        raise IncompatibleQueueError(msg)
+    if rc == N.FQ_ERR_MEMBERS:
+        raise FastqError("the queue's member table is full: " + msg)
+    if rc == N.FQ_ERR_SYS:
+        raise OSError(msg)
+    raise FastqError(msg)
+
+
+def crash_arm(spec):
+    """Arm a named crash point in this process (tests): ``"prod.after_cas[:n]"``."""
+    b = spec.encode() if spec else b""
+    N.fq_crash_arm(b)
+
+
+def unlink(name):
+    """Remove the named queue.  Processes that have it open keep using it."""
+    rc = N.fq_unlink(name.encode())
+    if rc != N.FQ_OK:
+        _raise(rc)
+
+
+def name_valid(name):
+    return bool(N.fq_name_valid(name.encode()))
+
+
+cdef inline int64_t _deadline(object timeout) except? -2:
+    if timeout is None:
+        return -1
+    t = float(timeout)
+    if t != t:
+        raise ValueError("'timeout' must be a number, not NaN")
+    if t < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return N.fq_now_ns() + <int64_t>(t * 1e9)
+
+
+cdef class Ring:
+    """A shared-memory ring with one implicit consumer group (group 0).
+
+    Not constructed directly: use fastq.Queue / fastq.JoinableQueue.
+    """
+    cdef N.fq_queue q
+    cdef bint _mapped
+    cdef bint _closed
+    cdef int _inflight
+    cdef N.fq_msg *_msgs
+    cdef uint32_t _msgs_cap
+    cdef uint32_t *_lens
+    cdef uint32_t _lens_cap
+    cdef public object _dumps
+    cdef public object _loads
+    cdef readonly object name
+
+    def __cinit__(self, *args, **kwargs):
+        self._mapped = False
+        self._closed = False
+        self._inflight = 0
+        self._msgs = NULL
+        self._msgs_cap = 0
+        self._lens = NULL
+        self._lens_cap = 0
+        self._dumps = None
+        self._loads = None
+        self.name = None
+
+    def __dealloc__(self):
+        if self._mapped:
+            N.fq_close(&self.q)
+            self._mapped = False
+        free(self._msgs)
+        free(self._lens)
+
+    # ---- lifecycle ------------------------------------------------------
+    def _create(self, name, uint64_t capacity, uint64_t maxsize, uint32_t max_members=0,
+                uint32_t desc_count=0):
+        cdef N.fq_params p
+        p.capacity = capacity
+        p.maxsize = maxsize
+        p.desc_count = desc_count
+        p.window = 0
+        p.max_members = max_members
+        p.max_groups = 1
+        cdef bytes bname = name.encode() if name is not None else None
+        cdef const char *cname = NULL
+        if bname is not None:
+            cname = bname
+        rc = N.fq_create(&self.q, cname, &p)
+        if rc != N.FQ_OK:
+            _raise(rc, f"cannot create queue {name!r}" if name else "cannot create queue")
+        self._mapped = True
+        self.name = name
+        self._join()
+
+    def _open(self, name, double wait=1.0):
+        rc = N.fq_open(&self.q, name.encode(), <int64_t>(wait * 1e9))
+        if rc != N.FQ_OK:
+            _raise(rc, f"cannot open queue {name!r}")
+        self._mapped = True
+        self.name = name
+        self._join()
+
+    def _open_fd(self, int fd):
+        """Attach to an inherited anonymous queue; takes ownership of fd."""
+        rc = N.fq_open_fd(&self.q, fd)
+        if rc != N.FQ_OK:
+            _os.close(fd)
+            _raise(rc, "cannot attach to inherited queue")
+        self._mapped = True
+        self._join()
+
+    def _fileno(self):
+        self._check_mapped()
+        return self.q.fd
+
+    def _after_fork(self):
+        """In a forked child: drop the parent's member identity (we join anew)."""
+        if self._mapped:
+            N.fq_after_fork_child(&self.q)
+        self._inflight = 0
+
+    cdef int _join(self) except -1:
+        rc = N.fq_join(&self.q, KIND_PRODUCER_CONSUMER)
+        if rc != N.FQ_OK:
+            _raise(rc, "cannot register with the queue")
+        N.fq_maintain(&self.q, 1)
+        return 0
+
+    cdef int _check_mapped(self) except -1:
+        if self._closed or not self._mapped:
+            raise ValueError(f"Queue {self!r} is closed")
+        return 0
+
+    cdef inline int _ensure(self) except -1:
+        if self._closed or not self._mapped:
+            raise ValueError(f"Queue {self!r} is closed")
+        if self.q.member < 0:
+            self._join()
+        return 0
+
+    def close(self):
+        """Close this handle (this process).  Later calls raise ValueError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_if_idle()
+
+    cdef void _release_if_idle(self):
+        if self._closed and self._inflight == 0 and self._mapped:
+            N.fq_close(&self.q)
+            self._mapped = False
+
+    @property
+    def closed(self):
+        return self._closed
+
+    # ---- waiting --------------------------------------------------------
+    cdef int _wait(self, int kind, int64_t deadline, uint64_t a, uint64_t b, bint first) except -1:
+        cdef int64_t end = N.fq_now_ns() + SLICE_NS
+        cdef uint32_t spin = SPIN if first else 0
+        if deadline >= 0 and deadline < end:
+            end = deadline
+        self._inflight += 1
+        with nogil:
+            if kind == 0:
+                N.fq_wait_data(&self.q, 0, end, spin)
+            elif kind == 1:
+                N.fq_wait_space(&self.q, a, b, end)
+            else:
+                N.fq_wait_done(&self.q, end)
+        self._inflight -= 1
+        if self._closed:
+            self._release_if_idle()
+            raise ValueError(f"Queue {self!r} is closed")
+        PyErr_CheckSignals()
+        if self.q.member < 0:   # forked meanwhile (another thread's fork)
+            self._join()
+        N.fq_maintain(&self.q, 0)
+        return 0
+
+    # ---- produce --------------------------------------------------------
+    cdef int _claim(self, uint32_t n, uint64_t nbytes, uint64_t *seq, bint block, object timeout) except -1:
+        cdef int rc = N.fq_claim(&self.q, self._lens, n, seq)
+        cdef int64_t deadline
+        cdef bint first = True
+        if rc == N.FQ_OK:
+            return 0
+        if rc == N.FQ_FULL:
+            if not block:
+                raise Full
+            deadline = _deadline(timeout)
+            while True:
+                self._wait(1, deadline, n, nbytes, first)
+                first = False
+                rc = N.fq_claim(&self.q, self._lens, n, seq)
+                if rc == N.FQ_OK:
+                    return 0
+                if rc != N.FQ_FULL:
+                    break
+                if deadline >= 0 and N.fq_now_ns() >= deadline:
+                    raise Full
+        _raise(rc)
+
+    cdef int _lens_reserve(self, uint32_t n) except -1:
+        if n <= self._lens_cap:
+            return 0
+        free(self._lens)
+        self._lens = <uint32_t *>malloc(n * sizeof(uint32_t))
+        if self._lens == NULL:
+            self._lens_cap = 0
+            raise MemoryError()
+        self._lens_cap = n
+        return 0
+
+    cdef int _too_big(self, Py_ssize_t n) except -1:
+        raise ValueError(
+            f"message of {n} bytes is larger than the largest record this queue can hold "
+            f"({N.fq_max_payload(&self.q)} bytes = capacity/4 - 32; create the queue with a larger capacity)")
+
+    def put(self, obj, block=True, timeout=None):
+        """Put obj into the queue (see multiprocessing.Queue.put)."""
+        cdef Py_buffer view
+        cdef const char *ptr
+        cdef Py_ssize_t ln
+        cdef uint64_t seq
+        cdef uint8_t *dst
+        cdef bint have_view = False
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        data = obj if self._dumps is None else self._dumps(obj)
+        if PyBytes_CheckExact(data):
+            ptr = PyBytes_AS_STRING(data)
+            ln = PyBytes_GET_SIZE(data)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            have_view = True
+            ptr = <const char *>view.buf
+            ln = view.len
+        try:
+            if ln > N.fq_max_payload(&self.q):
+                self._too_big(ln)
+            if self._lens_cap == 0:
+                self._lens_reserve(256)
+            self._lens[0] = <uint32_t>ln
+            self._claim(1, N.fq_frame_bytes(<uint32_t>ln), &seq, block, timeout)
+            # claim -> copy -> commit: GIL held, nothing can raise
+            dst = N.fq_payload(&self.q, seq)
+            if ln >= 64:
+                memcpy(dst, ptr, ln >> 1)
+                N.FQ_CRASHPOINT("prod.mid_payload")
+                memcpy(dst + (ln >> 1), ptr + (ln >> 1), ln - (ln >> 1))
+            else:
+                memcpy(dst, ptr, ln)
+            N.fq_commit(&self.q, seq, 1)
+        finally:
+            if have_view:
+                PyBuffer_Release(&view)
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def put_many(self, items, block=True, timeout=None):
+        """Put every item of ``items`` (an iterable, or a numpy array: one record per row).
+
+        Records are claimed in as few batches as the ring allows (one CAS per
+        batch).  Too-large items raise ValueError before anything is put.  On
+        ``queue.Full`` (timeout), the batches already committed stay in the queue.
+        """
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        if type(items).__module__ == 'numpy' and type(items).__name__ == 'ndarray':
+            return self._put_array(items, block, timeout)
+        cdef list datas = []
+        dumps = self._dumps
+        cdef uint32_t maxp = N.fq_max_payload(&self.q)
+        for it in items:
+            d = it if dumps is None else dumps(it)
+            if not PyBytes_CheckExact(d):
+                if not PyObject_CheckBuffer(d):
+                    raise TypeError(f"a bytes-like object is required, not {type(d).__name__!r}")
+                d = bytes(memoryview(d).cast('B'))
+            if PyBytes_GET_SIZE(d) > maxp:
+                self._too_big(PyBytes_GET_SIZE(d))
+            datas.append(d)
+        cdef Py_ssize_t n = len(datas), i = 0, j, k
+        cdef uint64_t limit = N.fq_batch_limit(&self.q)
+        cdef uint64_t half = self.q.cap // 2, nbytes, fb, seq
+        if limit > 4096:
+            limit = 4096
+        self._lens_reserve(<uint32_t>limit)
+        while i < n:
+            j = i
+            nbytes = 0
+            while j < n and <uint64_t>(j - i) < limit:
+                fb = N.fq_frame_bytes(<uint32_t>PyBytes_GET_SIZE(datas[j]))
+                if j > i and nbytes + fb > half:
+                    break
+                self._lens[j - i] = <uint32_t>PyBytes_GET_SIZE(datas[j])
+                nbytes += fb
+                j += 1
+            self._claim(<uint32_t>(j - i), nbytes, &seq, block, timeout)
+            for k in range(j - i):
+                d = datas[i + k]
+                memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+            N.fq_commit(&self.q, seq, <uint32_t>(j - i))
+            i = j
+
+    cdef _put_array(self, arr, block, timeout):
+        import numpy as np
+        arr = np.ascontiguousarray(arr)
+        if arr.ndim == 0:
+            raise TypeError("put_many() needs an array with at least one dimension (one record per row)")
+        cdef Py_ssize_t rows = arr.shape[0]
+        if rows == 0:
+            return
+        cdef Py_ssize_t rowbytes = arr.nbytes // rows
+        if rowbytes == 0:
+            raise ValueError("array rows are empty (0 bytes per record)")
+        if rowbytes > N.fq_max_payload(&self.q):
+            self._too_big(rowbytes)
+        cdef Py_buffer view
+        PyObject_GetBuffer(arr, &view, PyBUF_ANY_CONTIGUOUS)
+        cdef const char *base = <const char *>view.buf
+        cdef Py_ssize_t i = 0, j, k
+        cdef uint64_t limit = N.fq_batch_limit(&self.q), seq
+        cdef uint64_t fb = N.fq_frame_bytes(<uint32_t>rowbytes)
+        cdef uint64_t per = (self.q.cap // 2) // fb
+        if per < 1:
+            per = 1
+        if limit > per:
+            limit = per
+        if limit > 65536:
+            limit = 65536
+        try:
+            self._lens_reserve(<uint32_t>limit)
+            for k in range(<Py_ssize_t>limit):
+                self._lens[k] = <uint32_t>rowbytes
+            while i < rows:
+                j = i + <Py_ssize_t>limit
+                if j > rows:
+                    j = rows
+                self._claim(<uint32_t>(j - i), (j - i) * fb, &seq, block, timeout)
+                with nogil:
+                    for k in range(j - i):
+                        memcpy(N.fq_payload(&self.q, seq + k), base + (i + k) * rowbytes, rowbytes)
+                N.fq_commit(&self.q, seq, <uint32_t>(j - i))
+                i = j
+        finally:
+            PyBuffer_Release(&view)
+
+    # ---- consume --------------------------------------------------------
+    cdef int _msgs_reserve(self, uint32_t n) except -1:
+        if n <= self._msgs_cap:
+            return 0
+        free(self._msgs)
+        self._msgs = <N.fq_msg *>malloc(n * sizeof(N.fq_msg))
+        if self._msgs == NULL:
+            self._msgs_cap = 0
+            raise MemoryError()
+        self._msgs_cap = n
+        return 0
+
+    cdef uint32_t _take(self, uint32_t maxn, uint32_t only_len, bint block, object timeout) except 0:
+        """Lease up to maxn records into self._msgs; waits per block/timeout."""
+        cdef uint32_t n = 0
+        cdef int rc = N.fq_take(&self.q, 0, self._msgs, maxn, only_len, &n)
+        cdef int64_t deadline
+        cdef bint first = True
+        if rc == N.FQ_OK:
+            return n
+        if rc < 0:
+            _raise(rc)
+        if not block:
+            raise Empty
+        deadline = _deadline(timeout)
+        while True:
+            self._wait(0, deadline, 0, 0, first)
+            first = False
+            rc = N.fq_take(&self.q, 0, self._msgs, maxn, only_len, &n)
+            if rc == N.FQ_OK:
+                return n
+            if rc < 0:
+                _raise(rc)
+            if deadline >= 0 and N.fq_now_ns() >= deadline:
+                raise Empty
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item (see multiprocessing.Queue.get)."""
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        if self._msgs_cap == 0:
+            self._msgs_reserve(256)
+        self._take(1, 0, block, timeout)
+        data = PyBytes_FromStringAndSize(<const char *>self._msgs[0].data, self._msgs[0].len)
+        N.fq_ack(&self.q, 0, self._msgs, 1)
+        if self._loads is not None:
+            return self._loads(data)
+        return data
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def get_many(self, max_messages=256, block=True, timeout=None):
+        """Remove and return a list of 1..max_messages items; waits like get()."""
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        cdef Py_ssize_t want = max_messages
+        if want < 1:
+            raise ValueError("max_messages must be >= 1")
+        if <uint64_t>want > self.q.limit_records:
+            want = <Py_ssize_t>self.q.limit_records
+        if want > 65536:
+            want = 65536
+        self._msgs_reserve(<uint32_t>want)
+        cdef uint32_t n = self._take(<uint32_t>want, 0, block, timeout), i
+        cdef list out = PyList_New(n)
+        for i in range(n):
+            b = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, self._msgs[i].len)
+            Py_INCREF(b)
+            PyList_SET_ITEM(out, i, b)
+        N.fq_ack(&self.q, 0, self._msgs, n)
+        loads = self._loads
+        if loads is not None:
+            return [loads(b) for b in out]
+        return out
+
+    def get_array(self, dtype, max_messages=65536, block=True, timeout=None):
+        """Remove the next records (each exactly dtype.itemsize bytes) as one numpy array.
+
+        Returns 1..max_messages rows; stops before a record of another size.
+        Raises ValueError (and leaves it queued) if the very next record has
+        another size; waits like get().
+        """
+        import numpy as np
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        dt = np.dtype(dtype)
+        cdef Py_ssize_t isz = dt.itemsize
+        if isz <= 0:
+            raise ValueError("dtype must have a non-zero itemsize")
+        cdef Py_ssize_t want = max_messages
+        if want < 1:
+            raise ValueError("max_messages must be >= 1")
+        if <uint64_t>want > self.q.limit_records:
+            want = <Py_ssize_t>self.q.limit_records
+        if want > 1 << 20:
+            want = 1 << 20
+        self._msgs_reserve(<uint32_t>want)
+        cdef uint32_t n = self._take(<uint32_t>want, <uint32_t>isz, block, timeout), i
+        out = np.empty(n, dtype=dt)
+        cdef Py_buffer view
+        PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+        cdef char *dst = <char *>view.buf
+        with nogil:
+            for i in range(n):
+                memcpy(dst + i * isz, self._msgs[i].data, isz)
+        PyBuffer_Release(&view)
+        N.fq_ack(&self.q, 0, self._msgs, n)
+        return out
+
+    # ---- counts ---------------------------------------------------------
+    def qsize(self):
+        """Number of items put and not yet got (exact when no call is in flight)."""
+        self._check_mapped()
+        return N.fq_qsize(&self.q, 0)
+
+    def empty(self):
+        self._check_mapped()
+        return N.fq_qsize(&self.q, 0) == 0
+
+    def full(self):
+        self._check_mapped()
+        return N.fq_qsize(&self.q, 0) >= self.q.limit_records
+
+    def _task_done(self):
+        self._check_mapped()
+        rc = N.fq_task_done(&self.q, 1)
+        if rc != N.FQ_OK:
+            raise ValueError("task_done() called too many times")
+
+    def _join_tasks(self, timeout=None):
+        """Block until every item put has been task_done(); False on timeout."""
+        self._ensure()
+        cdef int64_t deadline = _deadline(timeout)
+        while N.fq_unfinished(&self.q) != 0:
+            if deadline >= 0 and N.fq_now_ns() >= deadline:
+                return False
+            self._wait(2, deadline, 0, 0, False)
+        return True
+
+    def _unfinished(self):
+        self._check_mapped()
+        return N.fq_unfinished(&self.q)
+
+    def _maintain(self, force=True):
+        """Run the liveness scan now; returns the number of dead members recovered."""
+        self._ensure()
+        return N.fq_maintain(&self.q, 1 if force else 0)
+
+    @property
+    def capacity(self):
+        """Arena bytes (a power of two)."""
+        self._check_mapped()
+        return self.q.cap
+
+    @property
+    def max_message_size(self):
+        """Largest payload one record can carry (capacity/4 - 32 bytes)."""
+        self._check_mapped()
+        return N.fq_max_payload(&self.q)
+
+    @property
+    def _shm_maxsize(self):
+        self._check_mapped()
+        return self.q.maxsize
+
+    @property
+    def _limit_records(self):
+        self._check_mapped()
+        return self.q.limit_records
+
+    @property
+    def _tail(self):
+        self._check_mapped()
+        return N.fq_tail_seq(&self.q)

@@ -1,0 +1,142 @@
+/*
+ * fq.h — the public C API of the fastq core (no Python.h anywhere under _native/).
+ *
+ * A process opens a queue file into a process-local handle (struct fq_queue)
+ * which keeps a private copy of the validated geometry; nothing on a hot path
+ * re-reads geometry from shared memory.  All functions return an fq_status
+ * (>= 0 success) unless stated otherwise.
+ *
+ * Threads: a handle may be used from several threads, but the claim → commit
+ * sequence of one handle must not interleave with another claim on the same
+ * handle (one intent slot per member).  The Cython layer guarantees this by
+ * holding the GIL from fq_claim to fq_commit.  Waits (fq_wait_*) may run
+ * concurrently from any number of threads without the GIL.
+ */
+#ifndef FQ_H
+#define FQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "fq_layout.h"
+
+typedef enum fq_status {
+    FQ_OK = 0,
+    FQ_EMPTY = 1,        /* nothing to take now */
+    FQ_FULL = 2,         /* no space now */
+    FQ_TIMEOUT = 3,      /* a wait slice ended */
+    FQ_STALLED = 4,      /* the next record is claimed but not committed */
+    FQ_ERR_SYS = -1,     /* errno is set */
+    FQ_ERR_INVAL = -2,   /* bad argument */
+    FQ_ERR_TOO_BIG = -3, /* record larger than the ring can ever hold */
+    FQ_ERR_CORRUPT = -4, /* shared state failed validation */
+    FQ_ERR_FORMAT = -5,  /* not a fastq file / wrong version / not initialised */
+    FQ_ERR_PERM = -6,    /* owner or mode not acceptable */
+    FQ_ERR_EXISTS = -7,  /* name already taken */
+    FQ_ERR_NOENT = -8,   /* no such queue */
+    FQ_ERR_NOMEM = -9,   /* cannot reserve shared memory */
+    FQ_ERR_MEMBERS = -10, /* member table full */
+    FQ_ERR_LOST = -11,   /* lease lost (expired or recovered) */
+    FQ_ERR_SIZE = -12,   /* next record has another size than asked for */
+} fq_status;
+
+typedef struct fq_params {
+    uint64_t capacity;      /* arena bytes; rounded up to a power of two, >= 4096 */
+    uint64_t maxsize;       /* record-count bound; 0 = as many as the descriptor ring holds */
+    uint32_t desc_count;    /* 0 = derived from capacity */
+    uint32_t window;        /* lease window per group; 0 = derived */
+    uint32_t max_members;   /* 0 = 256 */
+    uint32_t max_groups;    /* 0 = 1 */
+} fq_params;
+
+/* Process-local handle. */
+typedef struct fq_queue {
+    uint8_t *base;
+    size_t map_size;
+    int fd;                 /* mapping + liveness probes; holds no locks */
+    int lock_fd;            /* separate open file description holding our member lock */
+    int member;             /* our member id, -1 if not joined */
+    int anonymous;
+    pid_t pid;              /* process that opened the handle / joined */
+    char path[256];
+    /* geometry, copied once after validation */
+    uint64_t cap, cap_mask;
+    uint32_t n_desc, desc_mask;
+    uint32_t max_frame;
+    uint32_t max_members, max_groups, window, window_mask;
+    uint64_t maxsize;       /* as created; 0 = none */
+    uint64_t limit_records; /* min(maxsize, N-1) */
+    uint64_t base_seq, base_pos;
+    struct fq_super_shm *sup;
+    struct fq_ctrl_shm *ctrl;
+    struct fq_member_shm *members;
+    struct fq_group_shm *groups;
+    struct fq_desc_shm *desc;
+    struct fq_lease_shm *windows;
+    uint8_t *arena;
+} fq_queue;
+
+/* One taken record (a lease). `data` points into the arena and stays valid
+ * until the lease is acked or lost. */
+typedef struct fq_msg {
+    uint64_t seq;
+    const uint8_t *data;
+    uint32_t len;
+    uint32_t deliveries;
+    int64_t ts_ns;
+} fq_msg;
+
+/* lifecycle (fq_shm.c) */
+int fq_name_valid(const char *name);
+int fq_create(fq_queue *q, const char *name, const fq_params *p);   /* name NULL = anonymous memfd */
+int fq_open(fq_queue *q, const char *name, int64_t wait_ns);
+int fq_open_fd(fq_queue *q, int fd);                                /* attach an inherited anonymous queue */
+void fq_close(fq_queue *q);
+int fq_unlink(const char *name);
+int fq_after_fork_child(fq_queue *q);                               /* drop inherited identity */
+int fq_join(fq_queue *q, uint32_t kind);                            /* take a member slot */
+void fq_leave(fq_queue *q);
+
+/* produce (fq_ring.c) */
+int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq);
+uint8_t *fq_payload(fq_queue *q, uint64_t seq);
+void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n);
+uint32_t fq_max_payload(const fq_queue *q);
+uint64_t fq_batch_limit(const fq_queue *q);
+uint64_t fq_frame_bytes(uint32_t len);  /* arena bytes of one record, header included */
+
+/* consume (fq_ring.c) */
+/* Lease up to max records of group g.  only_len != 0: stop before the first
+ * record whose payload is not exactly only_len bytes (FQ_ERR_SIZE if it is the
+ * first one); that record is not leased. */
+int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out);
+int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);
+
+/* counts */
+uint64_t fq_tail_seq(fq_queue *q);
+uint64_t fq_qsize(fq_queue *q, uint32_t g);
+int fq_task_done(fq_queue *q, uint64_t n);
+uint64_t fq_unfinished(fq_queue *q);
+
+/* waiting (fq_wait.c): each waits at most until deadline_ns (CLOCK_MONOTONIC) */
+int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin);
+int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns);
+int fq_wait_done(fq_queue *q, int64_t deadline_ns);
+int64_t fq_now_ns(void);       /* CLOCK_MONOTONIC */
+int64_t fq_realtime_ns(void);  /* CLOCK_REALTIME */
+
+/* liveness and recovery (fq_live.c) */
+int fq_maintain(fq_queue *q, int force);  /* rate-limited scan; returns members recovered */
+int fq_member_alive(fq_queue *q, uint32_t id);
+
+/* crash points (fq_crash.c): armed by FASTQ_CRASHPOINT=name[:countdown] */
+void fq_crashpoint_slow(const char *name);
+extern volatile int fq_crash_armed;
+#define FQ_CRASHPOINT(name) do { if (__builtin_expect(fq_crash_armed, 0)) fq_crashpoint_slow(name); } while (0)
+void fq_crash_arm(const char *spec);
+
+const char *fq_strerror(int status);
+const char *fq_last_error(void);  /* detail of the last error in this thread */
+
+#endif /* FQ_H */

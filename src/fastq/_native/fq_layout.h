@@ -1,0 +1,369 @@
+/*
+ * fq_layout.h — every structure that lives in a shared mapping.
+ *
+ * Everything in this file is shared between processes and must be treated as
+ * possibly hostile: a value read from one of these structs is validated, masked
+ * or range-checked against the process-local geometry (struct fq_queue, copied
+ * once at open) before it becomes an index, a length or a pointer.
+ *
+ * One queue = one file (a named /dev/shm object or an anonymous memfd), laid out
+ * in page-aligned sections:
+ *
+ *   0x0000   fq_super_shm    4 KiB   geometry; immutable once s_state == READY
+ *   0x1000   fq_ctrl_shm     4 KiB   hot atomics, each in its own 128-byte block
+ *   off_members  M x fq_member_shm  (128 B each)   producers/consumers, liveness
+ *   off_groups   G x fq_group_shm   (1 KiB each)   consumer groups (group 0 = Queue)
+ *   off_desc     N x fq_desc_shm    (32 B each)    descriptor ring, desc[seq & (N-1)]
+ *   off_windows  G x W x fq_lease_shm (16 B each)  per-group lease windows
+ *   off_arena    C bytes                            frames, position p at p & (C-1)
+ *
+ * Every section offset is a multiple of 4096 and the sections do not overlap;
+ * the opener checks both with overflow-checked arithmetic (fq_shm.c).
+ *
+ * Naming: shared structs end in _shm and their fields carry a struct prefix
+ * (s_, c_, m_, g_, d_, l_, f_), so grep finds exactly one struct per field.
+ * Positions that only grow are *_pos / *seq (64-bit); masked indexes are *_idx.
+ *
+ * The segment store (durable log) uses the same frame format (fq_frame_hdr) in
+ * its segment files and the same control state (members, groups, windows) in
+ * its control file; only the arena differs (DESIGN.md §2).
+ */
+#ifndef FQ_LAYOUT_H
+#define FQ_LAYOUT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FQ_MAGIC "FASTQRB"             /* 8 bytes with the NUL */
+#define FQ_LAYOUT_MAJOR 1u
+#define FQ_LAYOUT_MINOR 0u
+#define FQ_PAGE 4096u
+#define FQ_BLOCK 128u                  /* two cache lines: defeats adjacent-line prefetch (Agrona) */
+
+#define FQ_STATIC_ASSERT(c, m) _Static_assert(c, m)
+
+/* s_state values; stored last with release by the creator (Aeron CnC model). */
+enum { FQ_S_EMPTY = 0, FQ_S_INIT = 1, FQ_S_READY = 2, FQ_S_POISONED = 3 };
+
+/* s_flags */
+#define FQ_F_DURABLE   0x1u   /* arena backed by segment files (issue 4) */
+#define FQ_F_FRAME_CRC 0x2u   /* producers fill f_crc */
+
+/* ------------------------------------------------------------------------ *
+ * Superblock (page 0).  Written only by the creator before READY.
+ *
+ *   0                   8        10       12               16
+ *   +-------------------+--------+--------+----------------+
+ *   | s_magic "FASTQRB" | major  | minor  | s_state (atom) |
+ *   16        20              24               32              40
+ *   | s_flags | s_fingerprint | s_total_size   | s_arena_cap   |
+ *   40            44            48              52            56            60      64
+ *   | s_desc_count | s_max_frame | s_max_members | s_max_groups | s_window_max | s_uid |
+ *   64 .. 112: s_off_ctrl, s_off_members, s_off_groups, s_off_desc, s_off_windows, s_off_arena
+ *   112 s_base_seq | 120 s_base_pos | 128 s_uuid[16] | 144 s_created_ns | 152 s_creator_pid
+ *   156 s_pad0 | 160 s_maxsize | 168 s_crc | 172 s_pad1 | 176
+ *
+ * Publication: the creator fills everything, computes s_crc (CRC32C of bytes
+ * [0,168) with s_state read as 0), then stores s_state = READY with release.
+ * An opener that loads READY with acquire sees the whole superblock.
+ * Crash during init: s_state stays INIT; openers time out and refuse the file
+ * ("not initialised"), the name stays taken until unlink.
+ * ------------------------------------------------------------------------ */
+struct fq_super_shm {
+    char s_magic[8];
+    uint16_t s_layout_major;
+    uint16_t s_layout_minor;
+    _Atomic uint32_t s_state;
+    uint32_t s_flags;
+    uint32_t s_fingerprint;
+    uint64_t s_total_size;
+    uint64_t s_arena_cap;       /* C, power of two */
+    uint32_t s_desc_count;      /* N, power of two */
+    uint32_t s_max_frame;       /* header + payload, <= C/4 */
+    uint32_t s_max_members;     /* M <= FQ_MAX_MEMBERS */
+    uint32_t s_max_groups;      /* G <= FQ_MAX_GROUPS */
+    uint32_t s_window_max;      /* W, power of two, <= N */
+    uint32_t s_uid;             /* creator euid (diagnostic; ownership is checked with fstat) */
+    uint64_t s_off_ctrl;
+    uint64_t s_off_members;
+    uint64_t s_off_groups;
+    uint64_t s_off_desc;
+    uint64_t s_off_windows;
+    uint64_t s_off_arena;
+    uint64_t s_base_seq;        /* first seq of this ring */
+    uint64_t s_base_pos;        /* byte position of s_base_seq */
+    uint8_t s_uuid[16];
+    int64_t s_created_ns;       /* CLOCK_REALTIME */
+    int32_t s_creator_pid;
+    uint32_t s_pad0;
+    uint64_t s_maxsize;         /* record-count bound (multiprocessing maxsize); <= N-1 */
+    uint32_t s_crc;
+    uint32_t s_pad1;
+};
+#define FQ_SUPER_CRC_LEN 168u
+FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_state) == 12, "super layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_off_ctrl) == 64, "super layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_base_seq) == 112, "super layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_maxsize) == 160, "super layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_crc) == FQ_SUPER_CRC_LEN, "super layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_super_shm) == 176, "super size");
+
+/* ------------------------------------------------------------------------ *
+ * Control block (page 1): one 128-byte block per independently written word.
+ *
+ *   block  0 (0x000)  c_tail          the claim word: (seq_lo32 << 32) | (pos/8)_lo32
+ *   block  1 (0x080)  c_floor_seq, c_floor_pos   cached reclaim floor (CAS-max, both monotone)
+ *   block  2 (0x100)  c_data_ec       eventcount "a record was committed / returned"
+ *   block  3 (0x180)  c_space_ec      eventcount "a gating low-watermark advanced"
+ *   block  4 (0x200)  c_done_ec, c_tasks_done    JoinableQueue task_done/join
+ *   block  5 (0x280)  c_recovery_owner, c_last_scan_ns, c_aborted, c_recovered
+ *   block  6 (0x300)  c_durable_seq, c_durable_ec  (segment store, issue 4)
+ *   block  7 (0x380)  c_admin_owner, c_groups_epoch (group admin, issue 3)
+ *
+ * c_tail: producers CAS it; full 64-bit seq/pos are rebuilt with serial-number
+ * arithmetic against the floor (DPDK modulo-2^32 indexes):
+ *     seq = floor_seq + (int32_t)(hi32(tail) - (uint32_t)floor_seq)
+ *     pos = floor_pos + 8 * (int32_t)(lo32(tail) - (uint32_t)(floor_pos / 8))
+ * exact while tail - floor < 2^31 records and < 2^34 bytes, which the space
+ * rules (N <= 2^24 records, C <= 2^32 bytes) guarantee for any tail value
+ * loaded BEFORE the floor (a tail loaded before a newer floor yields a
+ * negative difference, detected, and retried; its CAS would fail anyway).
+ * ABA on c_tail needs 2^32 claims between a load and a CAS: accepted.
+ *
+ * c_floor_seq / c_floor_pos: lower bounds of the oldest record that some
+ * gating group still needs (min over gating groups of g_low) and of its byte
+ * position. Each is monotone and each is a valid bound on its own, so readers
+ * may combine values from different refreshes.
+ * ------------------------------------------------------------------------ */
+struct fq_ctrl_shm {
+    _Atomic uint64_t c_tail;
+    uint8_t c_pad0[FQ_BLOCK - 8];
+    _Atomic uint64_t c_floor_seq;
+    _Atomic uint64_t c_floor_pos;
+    uint8_t c_pad1[FQ_BLOCK - 16];
+    _Atomic uint64_t c_data_ec;
+    uint8_t c_pad2[FQ_BLOCK - 8];
+    _Atomic uint64_t c_space_ec;
+    uint8_t c_pad3[FQ_BLOCK - 8];
+    _Atomic uint64_t c_done_ec;
+    _Atomic uint64_t c_tasks_done;
+    uint8_t c_pad4[FQ_BLOCK - 16];
+    _Atomic uint32_t c_recovery_owner;   /* member id + 1 of the recoverer; 0 = free */
+    uint32_t c_pad5a;
+    _Atomic uint64_t c_last_scan_ns;     /* CLOCK_MONOTONIC of the last liveness scan */
+    _Atomic uint64_t c_aborted;          /* records turned into gaps by recovery */
+    _Atomic uint64_t c_recovered;        /* dead members recovered */
+    uint8_t c_pad5[FQ_BLOCK - 32];
+    _Atomic uint64_t c_durable_seq;
+    _Atomic uint64_t c_durable_ec;
+    uint8_t c_pad6[FQ_BLOCK - 16];
+    _Atomic uint32_t c_admin_owner;
+    _Atomic uint32_t c_groups_epoch;
+    uint8_t c_pad7[FQ_BLOCK - 8];
+};
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_floor_seq) == 1 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_data_ec) == 2 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_space_ec) == 3 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_done_ec) == 4 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_recovery_owner) == 5 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_durable_seq) == 6 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_admin_owner) == 7 * FQ_BLOCK, "ctrl layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_ctrl_shm) == 8 * FQ_BLOCK, "ctrl size");
+FQ_STATIC_ASSERT(sizeof(struct fq_ctrl_shm) <= FQ_PAGE, "ctrl fits its page");
+
+/* ------------------------------------------------------------------------ *
+ * Member slot (128 B): one per process-local handle that produces/consumes.
+ *
+ *   0 m_state (atom u32) | 4 m_kind | 8 m_pid | 12 m_waiting (atom u32)
+ *   16 m_intent (atom u64) | 24 m_heartbeat_ns (atom u64) | 32 m_started_ns
+ *   40 m_name[32] | 72 m_puts (atom) | 80 m_gets (atom) | 88 .. 128 reserved
+ *
+ * Liveness is NOT the pid: a member is alive while some open file description
+ * holds the OFD write lock on byte FQ_LOCK_BASE + id of the queue file; the
+ * kernel drops it however the process dies (iceoryx2 pattern). Joining takes
+ * the lock FIRST, then CASes FREE -> ALIVE, so a slot whose state is ALIVE and
+ * whose lock is free belongs to a dead process (never to a joiner in progress).
+ *
+ * m_intent: (seq_lo32 << 32) | (count << 1) | 1 while the member is claiming
+ * [seq, seq+count): stored (release) BEFORE the claim CAS and cleared (release)
+ * only after every claimed descriptor shows WRITING.  A recoverer that sees
+ * tail > s with desc[s] unpublished and no live member's intent covering s
+ * knows the claimant is dead (protocol.md R2).  One intent per member: the
+ * Python layer holds the GIL from claim to commit, so threads sharing a handle
+ * never claim concurrently.
+ * ------------------------------------------------------------------------ */
+enum { FQ_M_FREE = 0, FQ_M_ALIVE = 1, FQ_M_RECOVERING = 2 };
+#define FQ_M_KIND_PRODUCER 0x1u
+#define FQ_M_KIND_CONSUMER 0x2u
+#define FQ_LOCK_BASE (1LL << 40)        /* OFD lock bytes lie beyond EOF */
+
+struct fq_member_shm {
+    _Atomic uint32_t m_state;
+    uint32_t m_kind;
+    int32_t m_pid;
+    _Atomic uint32_t m_waiting;     /* bit per eventcount this member is counted in */
+    _Atomic uint64_t m_intent;
+    _Atomic uint64_t m_heartbeat_ns;
+    int64_t m_started_ns;
+    char m_name[32];
+    _Atomic uint64_t m_puts;
+    _Atomic uint64_t m_gets;
+    uint8_t m_reserved[40];
+};
+FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_intent) == 16, "member layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_name) == 40, "member layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
+
+/* m_waiting bits */
+#define FQ_W_DATA 0x1u
+#define FQ_W_SPACE 0x2u
+#define FQ_W_DONE 0x4u
+
+/* ------------------------------------------------------------------------ *
+ * Group (1 KiB).  Group 0 is created with the queue: the implicit group of
+ * fastq.Queue, gating (producers never overwrite what it has not finished).
+ *
+ *   block 0 (0x000)  g_state, g_flags, g_window_log2, g_max_deliveries,
+ *                    g_visibility_ms, g_start_seq, g_name[64]   (config)
+ *   block 1 (0x080)  g_low, g_acked        written by ackers
+ *   block 2 (0x100)  g_dispatch            written by takers (a hint)
+ *   block 3 (0x180)  g_retry_pending, g_ec  written by recoverers/nack
+ *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead
+ *   0x280 .. 0x400   reserved (dead-letter target, retry policy: issue 3)
+ *
+ * Invariants: every seq < g_low is terminal in this group (ACKED, DEAD or
+ * SKIPPED) — g_low only grows (CAS-max) and only over terminal entries.
+ * g_dispatch is a hint (CAS-max): takers start at max(g_low, g_dispatch) and
+ * the per-entry CAS, not the hint, decides who gets a record.
+ * g_retry_pending counts entries in RETRY state (>= the true number while a
+ * recoverer is between its increment and its CAS).
+ * ------------------------------------------------------------------------ */
+enum { FQ_G_FREE = 0, FQ_G_ACTIVE = 1, FQ_G_DELETING = 2 };
+#define FQ_G_GATING 0x1u
+
+struct fq_group_shm {
+    _Atomic uint32_t g_state;
+    uint32_t g_flags;
+    uint32_t g_window_log2;
+    uint32_t g_max_deliveries;      /* 0 = unlimited */
+    uint32_t g_visibility_ms;       /* 0 = no visibility timeout */
+    uint32_t g_pad0;
+    uint64_t g_start_seq;
+    char g_name[64];
+    uint8_t g_pad1[FQ_BLOCK - 96];
+    _Atomic uint64_t g_low;
+    _Atomic uint64_t g_acked;       /* records finished by ack (qsize) */
+    uint8_t g_pad2[FQ_BLOCK - 16];
+    _Atomic uint64_t g_dispatch;
+    uint8_t g_pad3[FQ_BLOCK - 8];
+    _Atomic int64_t g_retry_pending;
+    _Atomic uint64_t g_ec;
+    uint8_t g_pad4[FQ_BLOCK - 16];
+    _Atomic uint64_t g_delivered;
+    _Atomic uint64_t g_redelivered;
+    _Atomic uint64_t g_expired;
+    _Atomic uint64_t g_dead;
+    uint8_t g_pad5[FQ_BLOCK - 32];
+    uint8_t g_reserved[3 * FQ_BLOCK];
+};
+FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_low) == 1 * FQ_BLOCK, "group layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_dispatch) == 2 * FQ_BLOCK, "group layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_retry_pending) == 3 * FQ_BLOCK, "group layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_delivered) == 4 * FQ_BLOCK, "group layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_group_shm) == 1024, "group size");
+
+/* ------------------------------------------------------------------------ *
+ * Descriptor (32 B), desc[seq & (N-1)]: where record `seq` lives.
+ *
+ *   0                               8                16          20          24          28       30      32
+ *   +-------------------------------+----------------+-----------+-----------+-----------+--------+-------+
+ *   | d_cw = (seq << 3) | state     | d_ext_start    | d_ext_len | d_frame_off| d_frame_len|producer| flags |
+ *   +-------------------------------+----------------+-----------+-----------+-----------+--------+-------+
+ *
+ * state: EMPTY 0 (never published for this seq), WRITING 1, COMMITTED 2,
+ * ABORTED 3 (a gap: dead producer; extent known, no frame).
+ * Extent [d_ext_start, d_ext_start + d_ext_len) = padding (d_frame_off bytes,
+ * at the arena wrap) + the frame (align8(d_frame_len)).  Extents of
+ * consecutive seqs are contiguous: ext_start(s+1) == ext_end(s).
+ *
+ * Publication: the producer writes the extent fields (relaxed), then
+ * d_cw = WRITING (release, P2), then the frame, then d_cw = COMMITTED
+ * (release; the last record of a claim uses seq_cst, P4, pairing with the
+ * eventcount check of waiting consumers).  A reader trusts the fields only
+ * after an acquire load of d_cw shows its own seq (C1).  A slot is rewritten
+ * for seq+N only when the floor has passed seq+1 (space rule: claims need
+ * s + n - floor_seq <= N - 1), so desc[floor-1] always survives and gives the
+ * floor's byte position.
+ * ------------------------------------------------------------------------ */
+enum { FQ_D_EMPTY = 0, FQ_D_WRITING = 1, FQ_D_COMMITTED = 2, FQ_D_ABORTED = 3 };
+#define FQ_D_NO_PRODUCER 0xFFFFu
+
+struct fq_desc_shm {
+    _Atomic uint64_t d_cw;
+    _Atomic uint64_t d_ext_start;
+    _Atomic uint32_t d_ext_len;
+    _Atomic uint32_t d_frame_off;
+    _Atomic uint32_t d_frame_len;
+    _Atomic uint16_t d_producer;
+    _Atomic uint16_t d_flags;
+};
+FQ_STATIC_ASSERT(offsetof(struct fq_desc_shm, d_ext_start) == 8, "desc layout");
+FQ_STATIC_ASSERT(offsetof(struct fq_desc_shm, d_frame_len) == 24, "desc layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_desc_shm) == 32, "desc size");
+
+/* ------------------------------------------------------------------------ *
+ * Lease entry (16 B), window[g][seq & (W-1)]: the state of record seq in group g.
+ *
+ *   l_w:  63            24 23         16 15          3 2     0
+ *         +---------------+-------------+-------------+-------+
+ *         | tag40 (seq)   | deliveries8 | owner13     | state |
+ *         +---------------+-------------+-------------+-------+
+ *   l_deadline_ns: lease expiry (LEASED) or not-before (RETRY), CLOCK_MONOTONIC.
+ *
+ * state: FRESH 0, LEASED 1, ACKED 2, RETRY 3, DEAD 4, SKIPPED 5.
+ * An entry whose tag is not seq (an older lap, or zero-initialised) means
+ * "FRESH for seq": a lease for seq+W is only attempted when seq+W < low+W,
+ * i.e. when the entry's previous occupant is terminal, and entries never
+ * leave a terminal state, so the taker's CAS from the observed value cannot
+ * overwrite live state.  Every transition is one CAS carrying the owner, so
+ * a crash at any point leaves a state that explains itself.
+ * ------------------------------------------------------------------------ */
+enum { FQ_L_FRESH = 0, FQ_L_LEASED = 1, FQ_L_ACKED = 2, FQ_L_RETRY = 3, FQ_L_DEAD = 4, FQ_L_SKIPPED = 5 };
+#define FQ_MAX_MEMBERS 8191u    /* owner13; owner 0x1FFF = none */
+#define FQ_MAX_GROUPS 64u
+
+struct fq_lease_shm {
+    _Atomic uint64_t l_w;
+    _Atomic uint64_t l_deadline_ns;
+};
+FQ_STATIC_ASSERT(sizeof(struct fq_lease_shm) == 16, "lease size");
+
+/* ------------------------------------------------------------------------ *
+ * Frame header (32 B): identical in the ring arena and in segment files.
+ *
+ *   0 f_len (u32: header + payload) | 4 f_crc (u32, CRC32C or 0) | 8 f_seq (u64)
+ *   16 f_ts_ns (i64, CLOCK_REALTIME) | 24 f_flags (u16) | 26 f_version (u16) | 28 f_type (u32)
+ *
+ * Written by the producer between WRITING and COMMITTED (plain stores,
+ * published by the release store of d_cw); read by a consumer only while it
+ * holds a lease on f_seq (so the bytes cannot be reclaimed under it), after
+ * checking f_len == d_frame_len and f_seq == seq.
+ * ------------------------------------------------------------------------ */
+#define FQ_FRAME_VERSION 1u
+#define FQ_FR_DATA 0x1u
+struct fq_frame_hdr {
+    uint32_t f_len;
+    uint32_t f_crc;
+    uint64_t f_seq;
+    int64_t f_ts_ns;
+    uint16_t f_flags;
+    uint16_t f_version;
+    uint32_t f_type;
+};
+FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
+#define FQ_FRAME_HDR 32u
+
+FQ_STATIC_ASSERT(sizeof(_Atomic uint64_t) == 8, "8-byte atomics");
+
+#endif /* FQ_LAYOUT_H */

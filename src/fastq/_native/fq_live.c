@@ -1,0 +1,401 @@
+/*
+ * fq_live.c — members, liveness by OFD locks, and recovery of dead members.
+ *
+ * Liveness (iceoryx2 model): member i is alive while some open file
+ * description holds the OFD write lock on byte FQ_LOCK_BASE + i of the queue
+ * file.  The kernel drops the lock when the last descriptor of that open file
+ * description closes — on exit, kill -9, segfault, anything.  Probes use the
+ * handle's main descriptor, which never holds a lock (F_OFD_GETLK through an
+ * open file description that holds the lock itself would report it free).
+ *
+ * Recovery (R1..R5 in docs/protocol.md) runs under the recovery mutex
+ * c_recovery_owner (member id + 1; taken over when its holder is dead), so
+ * two recoverers never write the same descriptor; every step is idempotent,
+ * so a recoverer killed half-way is simply redone by the next one.
+ *   R1  mark dead members RECOVERING (their intents stop counting as live).
+ *   R2  turn dead claims into gaps: for s in [floor, tail) with d_cw not
+ *       showing s (claimed, never published) and no ALIVE member's intent
+ *       covering s, re-read d_cw after collecting the intents; still stale
+ *       => the claimant is dead (a live claimant keeps its intent until its
+ *       P2 stores are visible, P3).  A run of such seqs [s, u) becomes one
+ *       gap from ext_end(s-1) to ext_start(u) (or the tail position when u is
+ *       the tail); the first seq gets the whole extent, the rest length 0.
+ *   R3  WRITING descriptors whose producer is dead become ABORTED (their
+ *       extent is already recorded).  Stores d_cw with release.
+ *   R4  leases held by dead members go back to their group: LEASED -> RETRY
+ *       (not-before = now, deliveries kept), g_retry_pending counted first.
+ *   R5  waiter counts the member held are subtracted (saturating); then the
+ *       slot is FREE again and its lock byte reusable.
+ * A live but stopped (SIGSTOP) process keeps its lock: it is never
+ * force-unblocked, its claims hold dispatch (surfaced by stats).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fq_pvt.h"
+
+static int fq__lock_byte(int fd, uint32_t id, short type)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = FQ_LOCK_BASE + (off_t)id;
+    fl.l_len = 1;
+    return fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+/* 1 = held (alive), 0 = free (dead), -1 = probe failed (treated as alive). */
+int fq__probe_lock(fq_queue *q, uint32_t id)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = FQ_LOCK_BASE + (off_t)id;
+    fl.l_len = 1;
+    if (fcntl(q->fd, F_OFD_GETLK, &fl) != 0)
+        return -1;
+    return fl.l_type != F_UNLCK;
+}
+
+int fq_member_alive(fq_queue *q, uint32_t id)
+{
+    if (id >= q->max_members)
+        return 0;
+    if (atomic_load_explicit(&q->members[id].m_state, FQ_ACQUIRE) == FQ_M_FREE)
+        return 0;
+    return fq__probe_lock(q, id) != 0;
+}
+
+static int fq__open_lock_fd(fq_queue *q)
+{
+    char p[64];
+    if (q->anonymous) {
+        /* /proc/self/fd/N opens a NEW open file description of the memfd. */
+        snprintf(p, sizeof p, "/proc/self/fd/%d", q->fd);
+        return open(p, O_RDWR | O_CLOEXEC);
+    }
+    return open(q->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+}
+
+int fq_join(fq_queue *q, uint32_t kind)
+{
+    if (q->member >= 0)
+        return FQ_OK;
+    if (q->lock_fd < 0) {
+        q->lock_fd = fq__open_lock_fd(q);
+        if (q->lock_fd < 0)
+            return FQ_ERR_SYS;
+    }
+    for (uint32_t i = 0; i < q->max_members; i++) {
+        struct fq_member_shm *m = &q->members[i];
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_FREE)
+            continue;
+        /* Lock first: while we hold byte i no other joiner can use slot i,
+         * and a scanner never mistakes us for a dead member (state FREE). */
+        if (fq__lock_byte(q->lock_fd, i, F_WRLCK) != 0)
+            continue;
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_FREE) {
+            fq__lock_byte(q->lock_fd, i, F_UNLCK);
+            continue;
+        }
+        m->m_kind = kind;
+        m->m_pid = (int32_t)getpid();
+        m->m_started_ns = fq_realtime_ns();
+        memset(m->m_name, 0, sizeof m->m_name);
+        atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_heartbeat_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
+        uint32_t exp = FQ_M_FREE;
+        if (!atomic_compare_exchange_strong_explicit(&m->m_state, &exp, FQ_M_ALIVE, FQ_ACQREL, FQ_ACQUIRE)) {
+            fq__lock_byte(q->lock_fd, i, F_UNLCK);
+            continue;
+        }
+        q->member = (int)i;
+        q->pid = getpid();
+        return FQ_OK;
+    }
+    close(q->lock_fd);
+    q->lock_fd = -1;
+    return FQ_ERR_MEMBERS;
+}
+
+/* R4 for one member: its leases in every active group go back (RETRY). */
+static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
+{
+    uint32_t returned = 0;
+    uint64_t ts = fq_tail_seq(q);
+    int64_t now = fq_now_ns();
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+            continue;
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+        for (uint64_t s = low; (int64_t)(ts - s) > 0 && s - low < q->window; s++) {
+            struct fq_lease_shm *L = fq__lease(q, g, s);
+            uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
+            if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_LEASED || fq__lw_owner(w) != id)
+                continue;
+            atomic_store_explicit(&L->l_deadline_ns, (uint64_t)now, FQ_RELAXED);
+            atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+            if (atomic_compare_exchange_strong_explicit(&L->l_w, &w,
+                                                        fq__lw(s, fq__lw_deliv(w), FQ_OWNER_NONE, FQ_L_RETRY),
+                                                        FQ_ACQREL, FQ_RELAXED)) {
+                returned++;
+                FQ_CRASHPOINT("rec.mid_leases");
+            } else {
+                atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+            }
+        }
+    }
+    return returned;
+}
+
+void fq_leave(fq_queue *q)
+{
+    if (q->member < 0)
+        return;
+    if (q->pid == getpid()) {
+        struct fq_member_shm *m = &q->members[q->member];
+        uint32_t returned = fq__return_leases(q, (uint32_t)q->member);
+        atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_state, FQ_M_FREE, FQ_RELEASE); /* FREE before unlock: see fq_join */
+        if (returned)
+            fq__ec_notify(&q->ctrl->c_data_ec);
+        if (q->lock_fd >= 0)
+            fq__lock_byte(q->lock_fd, (uint32_t)q->member, F_UNLCK);
+    }
+    q->member = -1;
+}
+
+int fq_after_fork_child(fq_queue *q)
+{
+    /* The child shares the parent's open file descriptions: closing our copy
+     * of the lock descriptor leaves the parent's lock in place (and, if the
+     * parent dies, lets the kernel release it).  The child joins afresh. */
+    if (q->lock_fd >= 0)
+        close(q->lock_fd);
+    q->lock_fd = -1;
+    q->member = -1;
+    q->pid = getpid();
+    return FQ_OK;
+}
+
+/* ---- recovery mutex ---- */
+static int fq__recovery_lock(fq_queue *q)
+{
+    if (q->member < 0)
+        return 0;
+    uint32_t me = (uint32_t)q->member + 1;
+    uint32_t cur = atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_ACQUIRE);
+    for (;;) {
+        if (cur == 0) {
+            if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_ACQREL, FQ_ACQUIRE))
+                return 1;
+            continue;
+        }
+        if (cur == me)
+            return 1;
+        /* Held: take over only if the holder is dead (or the id is garbage). */
+        if (cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) != 0)
+            return 0;
+        if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_ACQREL, FQ_ACQUIRE))
+            return 1;
+    }
+}
+
+static void fq__recovery_unlock(fq_queue *q)
+{
+    atomic_store_explicit(&q->ctrl->c_recovery_owner, 0, FQ_RELEASE);
+}
+
+struct fq__intent_rng {
+    uint64_t seq;
+    uint32_t n;
+};
+
+static int fq__covered(const struct fq__intent_rng *r, uint32_t nr, uint64_t s)
+{
+    for (uint32_t i = 0; i < nr; i++)
+        if (s - r[i].seq < r[i].n)
+            return 1;
+    return 0;
+}
+
+static void fq__set_gap(fq_queue *q, uint64_t s, uint64_t cw_old, uint64_t start, uint64_t len)
+{
+    struct fq_desc_shm *d = fq__desc(q, s);
+    atomic_store_explicit(&d->d_ext_start, start, FQ_RELAXED);
+    atomic_store_explicit(&d->d_ext_len, (uint32_t)len, FQ_RELAXED);
+    atomic_store_explicit(&d->d_frame_off, 0, FQ_RELAXED);
+    atomic_store_explicit(&d->d_frame_len, 0, FQ_RELAXED);
+    atomic_store_explicit(&d->d_producer, FQ_D_NO_PRODUCER, FQ_RELAXED);
+    /* R3-style publication (release): takers see the extent with the state. */
+    atomic_compare_exchange_strong_explicit(&d->d_cw, &cw_old, fq__cw(s, FQ_D_ABORTED), FQ_RELEASE, FQ_RELAXED);
+}
+
+/* R2 + R3.  Caller holds the recovery mutex.  Returns records aborted. */
+static uint64_t fq__abort_dead_claims(fq_queue *q)
+{
+    uint64_t t = atomic_load_explicit(&q->ctrl->c_tail, FQ_ACQUIRE);
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t ts = fq__tail_seq(t, fs), tp = fq__tail_pos(t, fp);
+    if ((int64_t)(ts - fs) < 0 || (int64_t)(tp - fp) < 0 || ts - fs > q->n_desc)
+        return 0;
+    /* Collect live intents AFTER loading the tail (see R2). */
+    struct fq__intent_rng *live = calloc(q->max_members, sizeof *live);
+    if (!live)
+        return 0;
+    uint32_t nl = 0;
+    for (uint32_t i = 0; i < q->max_members; i++) {
+        struct fq_member_shm *m = &q->members[i];
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_ALIVE)
+            continue;
+        uint64_t it = atomic_load_explicit(&m->m_intent, FQ_ACQUIRE);
+        if (!(it & 1u))
+            continue;
+        live[nl].seq = fs + (uint64_t)(int64_t)(int32_t)((uint32_t)(it >> 32) - (uint32_t)fs);
+        live[nl].n = (uint32_t)((it >> 1) & 0x7FFFFFFFu);
+        nl++;
+    }
+    uint64_t aborted = 0;
+    uint64_t s = fs;
+    while ((int64_t)(ts - s) > 0) {
+        struct fq_desc_shm *d = fq__desc(q, s);
+        uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+        if (fq__cw_seq(cw) == (s & FQ_SEQ_MASK)) {
+            if (fq__cw_st(cw) == FQ_D_WRITING) { /* R3 */
+                uint32_t prod = atomic_load_explicit(&d->d_producer, FQ_RELAXED);
+                uint32_t pst = prod < q->max_members
+                                   ? atomic_load_explicit(&q->members[prod].m_state, FQ_ACQUIRE)
+                                   : FQ_M_FREE;
+                if (pst != FQ_M_ALIVE &&
+                    atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED), FQ_RELEASE,
+                                                            FQ_RELAXED))
+                    aborted++;
+            }
+            s++;
+            continue;
+        }
+        /* unpublished */
+        if (fq__covered(live, nl, s)) {
+            s++;
+            continue;
+        }
+        cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+        if (fq__cw_seq(cw) == (s & FQ_SEQ_MASK))
+            continue; /* published meanwhile: look again */
+        /* dead run [s, u) */
+        uint64_t start;
+        if (s == q->base_seq) {
+            start = q->base_pos;
+        } else {
+            int ok;
+            start = fq__pos_after(q, s - 1, &ok);
+            if (!ok)
+                break;
+        }
+        uint64_t u = s + 1, end;
+        int give_up = 0;
+        while ((int64_t)(ts - u) > 0) {
+            uint64_t cu = atomic_load_explicit(&fq__desc(q, u)->d_cw, FQ_ACQUIRE);
+            if (fq__cw_seq(cu) == (u & FQ_SEQ_MASK))
+                break;
+            if (fq__covered(live, nl, u)) {
+                give_up = 1; /* a live claim inside: its start is unknown yet */
+                break;
+            }
+            u++;
+        }
+        if (give_up)
+            break;
+        if (u == ts)
+            end = tp; /* the claim word at seq ts has exactly this position */
+        else
+            end = atomic_load_explicit(&fq__desc(q, u)->d_ext_start, FQ_RELAXED);
+        if ((int64_t)(end - start) < 0 || end - start > q->cap)
+            break; /* inconsistent: leave it for a later scan */
+        FQ_CRASHPOINT("rec.before_gap");
+        fq__set_gap(q, s, cw, start, end - start);
+        for (uint64_t v = s + 1; v != u; v++)
+            fq__set_gap(q, v, atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE), end, 0);
+        aborted += u - s;
+        s = u;
+    }
+    free(live);
+    if (aborted)
+        atomic_fetch_add_explicit(&q->ctrl->c_aborted, aborted, FQ_SEQCST);
+    return aborted;
+}
+
+static void fq__uncount_waiters(fq_queue *q, struct fq_member_shm *m)
+{
+    uint32_t w = atomic_exchange_explicit(&m->m_waiting, 0, FQ_ACQREL);
+    for (uint32_t i = 0; i < (w & 0x3FFu); i++)
+        fq__ec_uncount(&q->ctrl->c_data_ec);
+    for (uint32_t i = 0; i < ((w >> 10) & 0x3FFu); i++)
+        fq__ec_uncount(&q->ctrl->c_space_ec);
+    for (uint32_t i = 0; i < ((w >> 20) & 0x3FFu); i++)
+        fq__ec_uncount(&q->ctrl->c_done_ec);
+}
+
+int fq_maintain(fq_queue *q, int force)
+{
+    if (q->member < 0)
+        return 0;
+    int64_t now = fq_now_ns();
+    uint64_t last = atomic_load_explicit(&q->ctrl->c_last_scan_ns, FQ_RELAXED);
+    if (!force && (int64_t)((uint64_t)now - last) < 20000000)
+        return 0;
+    if (!atomic_compare_exchange_strong_explicit(&q->ctrl->c_last_scan_ns, &last, (uint64_t)now, FQ_RELAXED,
+                                                 FQ_RELAXED) &&
+        !force)
+        return 0;
+    atomic_store_explicit(&q->members[q->member].m_heartbeat_ns, (uint64_t)now, FQ_RELAXED);
+    if (!fq__recovery_lock(q))
+        return 0;
+    /* R1 */
+    uint32_t ndead = 0;
+    for (uint32_t i = 0; i < q->max_members; i++) {
+        if ((int)i == q->member)
+            continue;
+        struct fq_member_shm *m = &q->members[i];
+        uint32_t st = atomic_load_explicit(&m->m_state, FQ_ACQUIRE);
+        if (st == FQ_M_FREE || fq__probe_lock(q, i) != 0)
+            continue;
+        if (st == FQ_M_ALIVE &&
+            !atomic_compare_exchange_strong_explicit(&m->m_state, &st, FQ_M_RECOVERING, FQ_ACQREL, FQ_ACQUIRE))
+            continue;
+        ndead++;
+    }
+    /* R2/R3 run even without new deaths: a previous recoverer may have died. */
+    uint64_t aborted = fq__abort_dead_claims(q);
+    uint32_t returned = 0, recovered = 0;
+    for (uint32_t i = 0; i < q->max_members && ndead; i++) {
+        struct fq_member_shm *m = &q->members[i];
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_RECOVERING || fq__probe_lock(q, i) != 0)
+            continue;
+        returned += fq__return_leases(q, i); /* R4 */
+        fq__uncount_waiters(q, m);           /* R5 */
+        atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
+        FQ_CRASHPOINT("rec.before_free");
+        atomic_store_explicit(&m->m_state, FQ_M_FREE, FQ_RELEASE);
+        recovered++;
+    }
+    fq__recovery_unlock(q);
+    if (recovered)
+        atomic_fetch_add_explicit(&q->ctrl->c_recovered, recovered, FQ_RELAXED);
+    if (aborted || returned) {
+        fq__ec_notify(&q->ctrl->c_data_ec);
+        fq__ec_notify(&q->ctrl->c_space_ec);
+        fq__ec_notify(&q->ctrl->c_done_ec);
+    }
+    return (int)recovered;
+}

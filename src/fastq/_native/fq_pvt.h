@@ -1,0 +1,115 @@
+/*
+ * fq_pvt.h — internal inline helpers shared by the core's .c files.
+ * Not installed API. Names are fq__*.
+ */
+#ifndef FQ_PVT_H
+#define FQ_PVT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "fq.h"
+
+#define FQ_RELAXED memory_order_relaxed
+#define FQ_ACQUIRE memory_order_acquire
+#define FQ_RELEASE memory_order_release
+#define FQ_ACQREL memory_order_acq_rel
+#define FQ_SEQCST memory_order_seq_cst
+
+#define fq__likely(x) __builtin_expect(!!(x), 1)
+#define fq__unlikely(x) __builtin_expect(!!(x), 0)
+
+static inline void fq__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t fq__align8(uint64_t x) { return (x + 7u) & ~(uint64_t)7u; }
+
+/* ---- claim word: (seq_lo32 << 32) | (pos/8)_lo32 ---- */
+static inline uint64_t fq__tail_pack(uint64_t seq, uint64_t pos)
+{
+    return ((seq & 0xFFFFFFFFu) << 32) | ((pos >> 3) & 0xFFFFFFFFu);
+}
+/* Serial-number reconstruction against a lower bound loaded AFTER the word
+ * (see fq_layout.h c_tail).  May return a value below the bound when the
+ * word is stale; callers treat that as "retry". */
+static inline uint64_t fq__tail_seq(uint64_t t, uint64_t floor_seq)
+{
+    return floor_seq + (uint64_t)(int64_t)(int32_t)((uint32_t)(t >> 32) - (uint32_t)floor_seq);
+}
+static inline uint64_t fq__tail_pos(uint64_t t, uint64_t floor_pos)
+{
+    return floor_pos + 8u * (uint64_t)(int64_t)(int32_t)((uint32_t)t - (uint32_t)(floor_pos >> 3));
+}
+
+/* ---- descriptor control word ---- */
+static inline uint64_t fq__cw(uint64_t seq, unsigned st) { return (seq << 3) | st; }
+static inline uint64_t fq__cw_seq(uint64_t cw) { return cw >> 3; }
+static inline unsigned fq__cw_st(uint64_t cw) { return (unsigned)(cw & 7u); }
+#define FQ_SEQ_MASK ((((uint64_t)1) << 61) - 1)
+
+/* ---- lease word: tag40 | deliveries8 | owner13 | state3 ---- */
+#define FQ_TAG_MASK ((((uint64_t)1) << 40) - 1)
+#define FQ_OWNER_NONE 0x1FFFu
+static inline uint64_t fq__lw(uint64_t seq, unsigned deliveries, unsigned owner, unsigned st)
+{
+    return ((seq & FQ_TAG_MASK) << 24) | ((uint64_t)(deliveries & 0xFFu) << 16) |
+           ((uint64_t)(owner & 0x1FFFu) << 3) | (st & 7u);
+}
+static inline uint64_t fq__lw_tag(uint64_t w) { return w >> 24; }
+static inline unsigned fq__lw_deliv(uint64_t w) { return (unsigned)((w >> 16) & 0xFFu); }
+static inline unsigned fq__lw_owner(uint64_t w) { return (unsigned)((w >> 3) & 0x1FFFu); }
+static inline unsigned fq__lw_st(uint64_t w) { return (unsigned)(w & 7u); }
+static inline int fq__lw_is(uint64_t w, uint64_t seq) { return fq__lw_tag(w) == (seq & FQ_TAG_MASK); }
+static inline int fq__lst_terminal(unsigned st)
+{
+    return st == FQ_L_ACKED || st == FQ_L_DEAD || st == FQ_L_SKIPPED;
+}
+
+/* ---- intent word: (seq_lo32 << 32) | (count << 1) | 1 ---- */
+static inline uint64_t fq__intent(uint64_t seq, uint32_t n)
+{
+    return ((seq & 0xFFFFFFFFu) << 32) | ((uint64_t)(n & 0x7FFFFFFFu) << 1) | 1u;
+}
+
+/* ---- accessors: every index is masked with process-local geometry ---- */
+static inline struct fq_desc_shm *fq__desc(fq_queue *q, uint64_t seq)
+{
+    return &q->desc[seq & q->desc_mask];
+}
+static inline struct fq_lease_shm *fq__lease(fq_queue *q, uint32_t g, uint64_t seq)
+{
+    return &q->windows[(uint64_t)g * q->window + (seq & q->window_mask)];
+}
+static inline struct fq_group_shm *fq__group(fq_queue *q, uint32_t g) { return &q->groups[g]; }
+
+/* ---- eventcounts (folly EventCount layout): epoch (high 32) | waiters (low 32) ---- */
+static inline void fq__ec_notify(_Atomic uint64_t *ec);
+void fq__ec_wake(_Atomic uint64_t *ec);
+/* Notify only if someone is counted.  The seq_cst load pairs with the waiter's
+ * seq_cst fetch_add in fq__ec_prepare (Dekker): either the notifier sees the
+ * waiter, or the waiter's re-check (after its increment) sees the notifier's
+ * earlier seq_cst store.  E1/E2 in docs/protocol.md. */
+static inline void fq__ec_notify_if_waiters(_Atomic uint64_t *ec)
+{
+    uint64_t v = atomic_load_explicit(ec, FQ_SEQCST); /* E2 */
+    if (fq__unlikely((uint32_t)v != 0))
+        fq__ec_wake(ec);
+}
+static inline void fq__ec_notify(_Atomic uint64_t *ec) { fq__ec_wake(ec); }
+
+/* internal functions across files */
+int fq__take_ready(fq_queue *q, uint32_t g);
+int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes);
+int fq__refresh_floor(fq_queue *q);
+void fq__advance_low(fq_queue *q, uint32_t g);
+uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok);
+int fq__probe_lock(fq_queue *q, uint32_t id);
+void fq__ec_uncount(_Atomic uint64_t *ec);
+
+#endif /* FQ_PVT_H */

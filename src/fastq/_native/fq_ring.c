@@ -1,0 +1,500 @@
+/*
+ * fq_ring.c — claim / publish / commit (producers), take / ack / low-watermark
+ * (consumers of a group), and the reclaim floor.
+ *
+ * Synchronizing edges (labels are listed in docs/protocol.md):
+ *   P0  producer: store m_intent (release) before the claim CAS.
+ *   P1  producer: CAS c_tail (acq_rel); claims seq range + byte extent at once.
+ *   P2  producer: store d_cw = WRITING (release) after the extent fields.
+ *   P3  producer: clear m_intent (release) after every P2 of the claim.
+ *   P4  producer: store d_cw = COMMITTED (release; seq_cst for the last record)
+ *       after the frame; then E2 (notify data waiters if counted).
+ *   C0  taker: load g_low (acquire), pairs with C5.
+ *   C1  taker: load d_cw (acquire), pairs with P2/P4 and recovery R3.
+ *   C2  taker: CAS lease entry FRESH/RETRY -> LEASED (acq_rel).
+ *   C3  acker: CAS lease entry LEASED -> ACKED (release): the frame reads of the
+ *       consumer happen before anyone who observes ACKED.
+ *   C4  low advance: load lease entries (acquire), pairs with C3.
+ *   C5  low advance: CAS-max g_low (seq_cst), then E2 on c_space_ec.
+ *   F1  floor refresh: load g_low (seq_cst; pairs with C5 and with the space
+ *       waiter's E1), F2: CAS-max c_floor_* (release), pairs with A1.
+ *   A1  producer: load c_tail then c_floor_* (acquire).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "fq_pvt.h"
+
+uint32_t fq_max_payload(const fq_queue *q) { return q->max_frame - FQ_FRAME_HDR; }
+
+/* Records one claim may hold: bounded by the record limit and so that a
+ * batch of maximal frames never needs more than half the arena. */
+uint64_t fq_batch_limit(const fq_queue *q) { return q->limit_records; }
+
+uint64_t fq_frame_bytes(uint32_t len) { return fq__align8((uint64_t)FQ_FRAME_HDR + len); }
+#define fq__frame_bytes fq_frame_bytes
+
+/* Extent end of n frames placed from byte position p (padding at the wrap,
+ * as Agrona: a frame never crosses the end of the arena). */
+static uint64_t fq__place(const fq_queue *q, uint64_t p, const uint32_t *lens, uint32_t n)
+{
+    uint64_t e = p;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t fb = fq__frame_bytes(lens[i]);
+        uint64_t off = e & q->cap_mask;
+        if (off + fb > q->cap)
+            e += q->cap - off;
+        e += fb;
+    }
+    return e;
+}
+
+/* Load the claim word and the floor (A1: tail FIRST, then the floor, so the
+ * serial reconstruction is exact; see fq_layout.h).  Returns 0 when the tail
+ * was stale against a newer floor (caller retries). */
+static inline int fq__load_tail(fq_queue *q, uint64_t *t, uint64_t *s, uint64_t *p, uint64_t *fs, uint64_t *fp)
+{
+    *t = atomic_load_explicit(&q->ctrl->c_tail, FQ_ACQUIRE);
+    *fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    *fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    *s = fq__tail_seq(*t, *fs);
+    *p = fq__tail_pos(*t, *fp);
+    return (int64_t)(*s - *fs) >= 0 && (int64_t)(*p - *fp) >= 0;
+}
+
+uint64_t fq_tail_seq(fq_queue *q)
+{
+    uint64_t t, s, p, fs, fp;
+    while (!fq__load_tail(q, &t, &s, &p, &fs, &fp))
+        fq__cpu_relax();
+    return s;
+}
+
+/* ext_end(seq): byte position just after record seq's extent.  Validated
+ * seqlock-style: the descriptor must show seq before and after the field
+ * reads, else it was recycled (*ok = 0). */
+uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok)
+{
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+    *ok = 0;
+    if (fq__cw_seq(cw) != (seq & FQ_SEQ_MASK) || fq__cw_st(cw) == FQ_D_EMPTY)
+        return 0;
+    uint64_t es = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED);
+    uint32_t el = atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
+    atomic_thread_fence(FQ_ACQUIRE);
+    if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw)
+        return 0;
+    if (el > q->cap)
+        return 0; /* hostile or corrupt: never trusted */
+    *ok = 1;
+    return es + el;
+}
+
+static inline void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo)
+{
+    uint64_t cur = atomic_load_explicit(a, FQ_RELAXED);
+    while ((int64_t)(v - cur) > 0 && !atomic_compare_exchange_weak_explicit(a, &cur, v, mo, FQ_RELAXED))
+        ;
+}
+
+/* Recompute the floor = min over gating groups of g_low and its byte position.
+ * Returns 1 if the floor moved (or may have: caller retries), 0 if not. */
+int fq__refresh_floor(fq_queue *q)
+{
+    uint64_t t, ts, tp, fs, fp;
+    if (!fq__load_tail(q, &t, &ts, &tp, &fs, &fp))
+        return 1;
+    uint64_t L = ts;
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE || !(G->g_flags & FQ_G_GATING))
+            continue;
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_SEQCST); /* F1 */
+        if ((int64_t)(low - L) < 0)
+            L = low;
+    }
+    if ((int64_t)(L - fs) <= 0)
+        return 0;
+    uint64_t P;
+    if (L == ts) {
+        P = tp;
+    } else {
+        int ok;
+        P = fq__pos_after(q, L - 1, &ok);
+        if (!ok)
+            return atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE) != fs;
+    }
+    /* F2: position first, then seq; each is an independent lower bound. */
+    fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_RELEASE);
+    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_RELEASE);
+    return 1;
+}
+
+/* Would a claim of these records fit now?  (Used by space waiters.) */
+int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint64_t t, s, p, fs, fp;
+        if (!fq__load_tail(q, &t, &s, &p, &fs, &fp))
+            continue;
+        /* n_bytes = the frames' bytes (fq_frame_bytes); add the padding of a
+         * wrap, exact for one record and an upper bound for a batch. */
+        uint64_t off = p & q->cap_mask, e = p + n_bytes;
+        if (off + n_bytes > q->cap)
+            e += q->cap - off;
+        if (s + n_records - fs <= q->limit_records && e - fp <= q->cap)
+            return 1;
+        if (!fq__refresh_floor(q))
+            return 0;
+    }
+    return 0;
+}
+
+int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
+{
+    if (n == 0 || q->member < 0)
+        return FQ_ERR_INVAL;
+    if (n > q->limit_records)
+        return FQ_ERR_TOO_BIG;
+    uint32_t maxp = fq_max_payload(q);
+    for (uint32_t i = 0; i < n; i++)
+        if (lens[i] > maxp)
+            return FQ_ERR_TOO_BIG;
+    struct fq_member_shm *me = &q->members[q->member];
+    uint64_t t, s, p, fs, fp, e;
+    for (;;) {
+        if (!fq__load_tail(q, &t, &s, &p, &fs, &fp)) {
+            fq__cpu_relax();
+            continue;
+        }
+        e = fq__place(q, p, lens, n);
+        /* Space rules: N-1 slack keeps desc[floor-1] alive (its extent end
+         * is the floor's byte position); bytes [p, e) may overwrite only
+         * what lies below the floor position. */
+        if (s + n - fs > q->limit_records || e - fp > q->cap) {
+            if (e - p > q->cap)
+                return FQ_ERR_TOO_BIG;
+            if (fq__refresh_floor(q))
+                continue;
+            return FQ_FULL;
+        }
+        atomic_store_explicit(&me->m_intent, fq__intent(s, n), FQ_RELEASE); /* P0 */
+        FQ_CRASHPOINT("prod.after_intent");
+        if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_tail, &t, fq__tail_pack(s + n, e), FQ_ACQREL,
+                                                  FQ_RELAXED)) /* P1 */
+            break;
+    }
+    FQ_CRASHPOINT("prod.after_cas");
+    int64_t now = fq_realtime_ns();
+    uint64_t pos = p;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t seq = s + i;
+        uint64_t fb = fq__frame_bytes(lens[i]);
+        uint64_t off = pos & q->cap_mask;
+        uint32_t fo = (off + fb > q->cap) ? (uint32_t)(q->cap - off) : 0u;
+        struct fq_desc_shm *d = fq__desc(q, seq);
+        atomic_store_explicit(&d->d_ext_start, pos, FQ_RELAXED);
+        atomic_store_explicit(&d->d_ext_len, (uint32_t)(fo + fb), FQ_RELAXED);
+        atomic_store_explicit(&d->d_frame_off, fo, FQ_RELAXED);
+        atomic_store_explicit(&d->d_frame_len, FQ_FRAME_HDR + lens[i], FQ_RELAXED);
+        atomic_store_explicit(&d->d_producer, (uint16_t)q->member, FQ_RELAXED);
+        atomic_store_explicit(&d->d_flags, 0, FQ_RELAXED);
+        atomic_store_explicit(&d->d_cw, fq__cw(seq, FQ_D_WRITING), FQ_RELEASE); /* P2 */
+        struct fq_frame_hdr *h = (struct fq_frame_hdr *)(q->arena + ((pos + fo) & q->cap_mask));
+        h->f_len = FQ_FRAME_HDR + lens[i];
+        h->f_crc = 0;
+        h->f_seq = seq;
+        h->f_ts_ns = now;
+        h->f_flags = FQ_FR_DATA;
+        h->f_version = FQ_FRAME_VERSION;
+        h->f_type = 0;
+        pos += fo + fb;
+    }
+    FQ_CRASHPOINT("prod.after_desc");
+    atomic_store_explicit(&me->m_intent, 0, FQ_RELEASE); /* P3 */
+    *first_seq = s;
+    return FQ_OK;
+}
+
+/* Payload address of a record this handle claimed and has not committed. */
+uint8_t *fq_payload(fq_queue *q, uint64_t seq)
+{
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
+                   atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
+    return q->arena + (pos & q->cap_mask) + FQ_FRAME_HDR;
+}
+
+void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n)
+{
+    FQ_CRASHPOINT("prod.before_commit");
+    for (uint32_t i = 0; i + 1 < n; i++)
+        atomic_store_explicit(&fq__desc(q, first_seq + i)->d_cw, fq__cw(first_seq + i, FQ_D_COMMITTED),
+                              FQ_RELEASE); /* P4 */
+    /* P4 (seq_cst) + E2: pairs with a data waiter's E1 (fetch_add, then re-check). */
+    atomic_store_explicit(&fq__desc(q, first_seq + n - 1)->d_cw, fq__cw(first_seq + n - 1, FQ_D_COMMITTED),
+                          FQ_SEQCST);
+    FQ_CRASHPOINT("prod.after_commit");
+    fq__ec_notify_if_waiters(&q->ctrl->c_data_ec);
+    atomic_fetch_add_explicit(&q->members[q->member].m_puts, n, FQ_RELAXED);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* Fill a message from a record we hold a lease on.  Returns 0 if the shared
+ * descriptor or frame header fails validation. */
+static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
+{
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t es = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED);
+    uint32_t fo = atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
+    uint32_t fl = atomic_load_explicit(&d->d_frame_len, FQ_RELAXED);
+    if (fl < FQ_FRAME_HDR || fl > q->max_frame || fo >= q->cap)
+        return 0;
+    uint64_t off = (es + fo) & q->cap_mask;
+    if (off + fl > q->cap || (off & 7u))
+        return 0;
+    const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)(q->arena + off);
+    if (h->f_len != fl || h->f_seq != seq)
+        return 0;
+    m->seq = seq;
+    m->data = q->arena + off + FQ_FRAME_HDR;
+    m->len = fl - FQ_FRAME_HDR;
+    m->deliveries = deliveries;
+    m->ts_ns = h->f_ts_ns;
+    return 1;
+}
+
+/* A record we leased failed validation: it is dropped (DEAD) so the group
+ * goes on, and the caller reports FQ_ERR_CORRUPT. */
+static void fq__drop_corrupt(fq_queue *q, uint32_t g, uint64_t seq, uint64_t w)
+{
+    struct fq_lease_shm *L = fq__lease(q, g, seq);
+    if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(seq, fq__lw_deliv(w), FQ_OWNER_NONE, FQ_L_DEAD),
+                                                FQ_RELEASE, FQ_RELAXED)) {
+        atomic_fetch_add_explicit(&fq__group(q, g)->g_dead, 1, FQ_RELAXED);
+        atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, 1, FQ_RELAXED);
+    }
+}
+
+/* Retake RETRY entries (returned by recovery or nack) whose not-before passed. */
+static uint32_t fq__take_retries(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, int *corrupt)
+{
+    struct fq_group_shm *G = fq__group(q, g);
+    uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
+    uint64_t end = atomic_load_explicit(&G->g_dispatch, FQ_ACQUIRE);
+    if ((int64_t)(end - low) > (int64_t)q->window)
+        end = low + q->window;
+    int64_t now = fq_now_ns();
+    uint32_t n = 0;
+    for (uint64_t s = low; (int64_t)(end - s) > 0 && n < max; s++) {
+        struct fq_lease_shm *L = fq__lease(q, g, s);
+        uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
+        if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_RETRY)
+            continue;
+        if ((int64_t)atomic_load_explicit(&L->l_deadline_ns, FQ_RELAXED) > now)
+            continue;
+        if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len)
+            break; /* keep order: the caller sees FQ_ERR_SIZE from the main scan only if nothing was taken */
+        unsigned dv = fq__lw_deliv(w) + 1u;
+        if (dv > 255u)
+            dv = 255u;
+        uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
+        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) /* C2 */
+            continue;
+        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_RELAXED);
+        atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
+        uint32_t vis = G->g_visibility_ms;
+        atomic_store_explicit(&L->l_deadline_ns, vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0, FQ_RELAXED);
+        if (fq__fill(q, s, dv, &out[n]))
+            n++;
+        else {
+            fq__drop_corrupt(q, g, s, nw);
+            *corrupt = 1;
+        }
+    }
+    return n;
+}
+
+int fq__take_ready(fq_queue *q, uint32_t g)
+{
+    struct fq_group_shm *G = fq__group(q, g);
+    if (atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED) > 0)
+        return 1;
+    uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+    uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
+    uint64_t s = (int64_t)(disp - low) > 0 ? disp : low;
+    /* seq_cst: the re-check half of the E1 Dekker pair with P4. */
+    uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_SEQCST);
+    unsigned st = fq__cw_st(cw);
+    return fq__cw_seq(cw) == (s & FQ_SEQ_MASK) && (st == FQ_D_COMMITTED || st == FQ_D_ABORTED);
+}
+
+int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out)
+{
+    *n_out = 0;
+    if (q->member < 0 || g >= q->max_groups || max == 0)
+        return FQ_ERR_INVAL;
+    struct fq_group_shm *G = fq__group(q, g);
+    uint32_t n = 0;
+    int corrupt = 0, stalled = 0, wrong_size = 0;
+    uint32_t skipped = 0;
+    if (fq__unlikely(atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED) > 0))
+        n = fq__take_retries(q, g, out, max, only_len, &corrupt);
+    uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
+    uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
+    uint64_t s = (int64_t)(disp - low) > 0 ? disp : low;
+    unsigned me = (unsigned)q->member;
+    uint32_t vis = G->g_visibility_ms;
+    int64_t deadline = vis ? fq_now_ns() + (int64_t)vis * 1000000 : 0;
+    while (n < max) {
+        if (s - low >= q->window) {
+            low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+            if ((int64_t)(low - s) > 0)
+                s = low; /* others finished past us */
+            if (s - low >= q->window)
+                break; /* window full: back-pressure (prefetch limit) */
+        }
+        uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_ACQUIRE); /* C1 */
+        if (fq__cw_seq(cw) != (s & FQ_SEQ_MASK)) {
+            /* Not yet published for s: either nothing claimed there (empty)
+             * or a claim in flight (or dead: recovery R2 turns it into a gap). */
+            stalled = (int64_t)(fq_tail_seq(q) - s) > 0;
+            break;
+        }
+        unsigned st = fq__cw_st(cw);
+        if (st != FQ_D_COMMITTED && st != FQ_D_ABORTED) {
+            stalled = st == FQ_D_WRITING;
+            break;
+        }
+        struct fq_lease_shm *L = fq__lease(q, g, s);
+        uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
+        if (fq__lw_is(w, s) && fq__lw_st(w) != FQ_L_FRESH) {
+            s++; /* taken by another consumer, or finished */
+            continue;
+        }
+        if (st == FQ_D_ABORTED) {
+            if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, FQ_OWNER_NONE, FQ_L_SKIPPED),
+                                                        FQ_RELEASE, FQ_RELAXED))
+                skipped++;
+            s++;
+            continue;
+        }
+        if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len) {
+            wrong_size = 1; /* fields are stable: s is committed and not terminal */
+            break;
+        }
+        uint64_t nw = fq__lw(s, 1, me, FQ_L_LEASED);
+        if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) { /* C2 */
+            FQ_CRASHPOINT("cons.after_lease");
+            atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
+            if (fq__fill(q, s, 1, &out[n]))
+                n++;
+            else {
+                fq__drop_corrupt(q, g, s, nw);
+                corrupt = 1;
+            }
+        }
+        s++;
+    }
+    fq__cas_max(&G->g_dispatch, s, FQ_RELAXED); /* a hint only */
+    if (skipped)
+        fq__advance_low(q, g);
+    *n_out = n;
+    if (n) {
+        atomic_fetch_add_explicit(&G->g_delivered, n, FQ_RELAXED);
+        atomic_fetch_add_explicit(&q->members[me].m_gets, n, FQ_RELAXED);
+        return FQ_OK;
+    }
+    if (corrupt)
+        return FQ_ERR_CORRUPT;
+    if (wrong_size)
+        return FQ_ERR_SIZE;
+    return stalled ? FQ_STALLED : FQ_EMPTY;
+}
+
+void fq__advance_low(fq_queue *q, uint32_t g)
+{
+    struct fq_group_shm *G = fq__group(q, g);
+    uint64_t l0 = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+    uint64_t l = l0;
+    /* Invariant: g_low only passes terminal entries.  Entries at or beyond
+     * the tail carry an older tag (or are zero), so the scan stops there. */
+    while (l - l0 < q->window) {
+        uint64_t w = atomic_load_explicit(&fq__lease(q, g, l)->l_w, FQ_ACQUIRE); /* C4 */
+        if (!fq__lw_is(w, l) || !fq__lst_terminal(fq__lw_st(w)))
+            break;
+        l++;
+    }
+    if (l == l0)
+        return;
+    uint64_t cur = l0;
+    int moved = 0;
+    while ((int64_t)(l - cur) > 0) {
+        if (atomic_compare_exchange_weak_explicit(&G->g_low, &cur, l, FQ_SEQCST, FQ_RELAXED)) { /* C5 */
+            moved = 1;
+            break;
+        }
+    }
+    FQ_CRASHPOINT("cons.after_low");
+    if (moved && (G->g_flags & FQ_G_GATING))
+        fq__ec_notify_if_waiters(&q->ctrl->c_space_ec); /* E2 */
+}
+
+int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+{
+    if (q->member < 0 || g >= q->max_groups)
+        return FQ_ERR_INVAL;
+    unsigned me = (unsigned)q->member;
+    uint32_t lost = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t seq = msgs[i].seq;
+        struct fq_lease_shm *L = fq__lease(q, g, seq);
+        uint64_t w = fq__lw(seq, msgs[i].deliveries, me, FQ_L_LEASED);
+        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED),
+                                                     FQ_RELEASE, FQ_RELAXED)) /* C3 */
+            lost++;
+    }
+    FQ_CRASHPOINT("cons.after_ack");
+    if (n > lost)
+        atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, n - lost, FQ_RELAXED);
+    fq__advance_low(q, g);
+    return lost ? FQ_ERR_LOST : FQ_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+uint64_t fq_qsize(fq_queue *q, uint32_t g)
+{
+    struct fq_group_shm *G = fq__group(q, g);
+    uint64_t acked = atomic_load_explicit(&G->g_acked, FQ_ACQUIRE);
+    uint64_t aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+    uint64_t ts = fq_tail_seq(q);
+    uint64_t used = ts - G->g_start_seq;
+    uint64_t gone = acked + aborted;
+    return used > gone ? used - gone : 0;
+}
+
+uint64_t fq_unfinished(fq_queue *q)
+{
+    uint64_t done = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_ACQUIRE);
+    uint64_t aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+    uint64_t ts = fq_tail_seq(q);
+    uint64_t used = ts - q->base_seq;
+    return used > done + aborted ? used - done - aborted : 0;
+}
+
+int fq_task_done(fq_queue *q, uint64_t n)
+{
+    uint64_t d = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_RELAXED);
+    for (;;) {
+        uint64_t total = fq_tail_seq(q) - q->base_seq - atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+        if (d + n > total)
+            return FQ_ERR_INVAL; /* more task_done() than items put */
+        if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_tasks_done, &d, d + n, FQ_SEQCST, FQ_RELAXED))
+            break;
+    }
+    fq__ec_notify_if_waiters(&q->ctrl->c_done_ec);
+    return FQ_OK;
+}

@@ -1,0 +1,492 @@
+/*
+ * fq_shm.c — creating, validating, mapping and removing queue files.
+ *
+ * Create: named queues are /dev/shm/fastq.<name>, opened O_CREAT|O_EXCL|
+ * O_NOFOLLOW with mode 0600 (and fchmod against the umask); anonymous queues
+ * are a sealed memfd.  The whole size is reserved with posix_fallocate, so a
+ * full /dev/shm fails here with ENOSPC instead of SIGBUS on first touch.  The
+ * superblock is published last (s_state = READY, release).
+ *
+ * Open: fstat first (regular file, owned by our euid, no group/other
+ * permission bits, plausible size), then the superblock is mapped read-only,
+ * copied to local memory and validated there (magic, layout version, CRC32C,
+ * powers of two, limits, page-aligned non-overlapping sections inside the
+ * file, with overflow-checked arithmetic).  Only then is the whole file mapped
+ * and the geometry kept in the process-local handle; nothing derived from the
+ * shared superblock is re-read afterwards.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fq_crc32c.h"
+#include "fq_pvt.h"
+
+#define FQ_SHM_DIR "/dev/shm/"
+#define FQ_SHM_PREFIX "fastq."
+
+static __thread char fq__errmsg[256];
+
+static void fq__err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fq__errmsg, sizeof fq__errmsg, fmt, ap);
+    va_end(ap);
+}
+
+const char *fq_last_error(void) { return fq__errmsg; }
+
+const char *fq_strerror(int st)
+{
+    switch (st) {
+    case FQ_OK: return "ok";
+    case FQ_EMPTY: return "empty";
+    case FQ_FULL: return "full";
+    case FQ_TIMEOUT: return "timed out";
+    case FQ_STALLED: return "stalled";
+    case FQ_ERR_SYS: return "system error";
+    case FQ_ERR_INVAL: return "invalid argument";
+    case FQ_ERR_TOO_BIG: return "record too large";
+    case FQ_ERR_CORRUPT: return "corrupt shared state";
+    case FQ_ERR_FORMAT: return "not a fastq queue";
+    case FQ_ERR_PERM: return "permission";
+    case FQ_ERR_EXISTS: return "exists";
+    case FQ_ERR_NOENT: return "no such queue";
+    case FQ_ERR_NOMEM: return "out of shared memory";
+    case FQ_ERR_MEMBERS: return "member table full";
+    case FQ_ERR_LOST: return "lease lost";
+    case FQ_ERR_SIZE: return "record size differs";
+    default: return "unknown error";
+    }
+}
+
+int fq_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 200 || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int fq__path(char *out, size_t cap, const char *name)
+{
+    if (!fq_name_valid(name)) {
+        fq__err("invalid queue name %.80s: use 1-200 characters from [A-Za-z0-9._-], not starting with '.'", name);
+        return FQ_ERR_INVAL;
+    }
+    snprintf(out, cap, "%s%s%s", FQ_SHM_DIR, FQ_SHM_PREFIX, name);
+    return FQ_OK;
+}
+
+static uint64_t fq__pow2(uint64_t x)
+{
+    uint64_t p = 1;
+    while (p < x)
+        p <<= 1;
+    return p;
+}
+static int fq__is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
+static uint64_t fq__page_up(uint64_t x) { return (x + FQ_PAGE - 1) & ~(uint64_t)(FQ_PAGE - 1); }
+
+static uint32_t fq__fingerprint(void)
+{
+    /* Sizes and alignments of everything shared (LMDB MDB_LOCK_FORMAT idea). */
+    uint32_t v[] = {(uint32_t)sizeof(struct fq_super_shm), (uint32_t)sizeof(struct fq_ctrl_shm),
+                    (uint32_t)sizeof(struct fq_member_shm), (uint32_t)sizeof(struct fq_group_shm),
+                    (uint32_t)sizeof(struct fq_desc_shm), (uint32_t)sizeof(struct fq_lease_shm),
+                    (uint32_t)sizeof(struct fq_frame_hdr), (uint32_t)_Alignof(_Atomic uint64_t),
+                    FQ_BLOCK, FQ_LAYOUT_MAJOR};
+    return fq_crc32c(0, v, sizeof v);
+}
+
+static uint32_t fq__super_crc(const struct fq_super_shm *s)
+{
+    struct fq_super_shm c;
+    memcpy(&c, s, sizeof c);
+    atomic_store_explicit(&c.s_state, 0, FQ_RELAXED);
+    return fq_crc32c(0, &c, FQ_SUPER_CRC_LEN);
+}
+
+/* Geometry check on a local copy: every section page-aligned, in order,
+ * non-overlapping, inside total_size.  All counts are bounded first, so the
+ * products below cannot overflow 64 bits. */
+static int fq__check_geometry(const struct fq_super_shm *s, uint64_t file_size)
+{
+#define FQ_BAD(...)                                                                                                   \
+    do {                                                                                                              \
+        fq__err(__VA_ARGS__);                                                                                         \
+        return FQ_ERR_CORRUPT;                                                                                        \
+    } while (0)
+    if (s->s_total_size != file_size)
+        FQ_BAD("queue file size %llu does not match its header (%llu)", (unsigned long long)file_size,
+               (unsigned long long)s->s_total_size);
+    if (!fq__is_pow2(s->s_arena_cap) || s->s_arena_cap < FQ_PAGE || s->s_arena_cap > ((uint64_t)1 << 32))
+        FQ_BAD("bad arena capacity %llu", (unsigned long long)s->s_arena_cap);
+    if (!fq__is_pow2(s->s_desc_count) || s->s_desc_count < 64 || s->s_desc_count > (1u << 24))
+        FQ_BAD("bad descriptor count %u", s->s_desc_count);
+    if (!fq__is_pow2(s->s_window_max) || s->s_window_max > s->s_desc_count)
+        FQ_BAD("bad window %u", s->s_window_max);
+    if (s->s_max_members < 1 || s->s_max_members > FQ_MAX_MEMBERS)
+        FQ_BAD("bad member count %u", s->s_max_members);
+    if (s->s_max_groups < 1 || s->s_max_groups > FQ_MAX_GROUPS)
+        FQ_BAD("bad group count %u", s->s_max_groups);
+    if (s->s_max_frame < 64 || s->s_max_frame > s->s_arena_cap / 4)
+        FQ_BAD("bad max frame %u", s->s_max_frame);
+    if (s->s_maxsize > s->s_desc_count - 1)
+        FQ_BAD("bad maxsize %llu", (unsigned long long)s->s_maxsize);
+    if (s->s_base_seq > ((uint64_t)1 << 60) || (s->s_base_pos & 7u))
+        FQ_BAD("bad base position");
+    uint64_t offs[6] = {s->s_off_ctrl, s->s_off_members, s->s_off_groups, s->s_off_desc, s->s_off_windows,
+                        s->s_off_arena};
+    uint64_t lens[6] = {FQ_PAGE, (uint64_t)s->s_max_members * sizeof(struct fq_member_shm),
+                        (uint64_t)s->s_max_groups * sizeof(struct fq_group_shm),
+                        (uint64_t)s->s_desc_count * sizeof(struct fq_desc_shm),
+                        (uint64_t)s->s_max_groups * s->s_window_max * sizeof(struct fq_lease_shm), s->s_arena_cap};
+    uint64_t prev_end = FQ_PAGE;
+    for (int i = 0; i < 6; i++) {
+        if (offs[i] % FQ_PAGE)
+            FQ_BAD("section %d not page-aligned", i);
+        if (offs[i] < prev_end)
+            FQ_BAD("section %d overlaps the previous one", i);
+        if (offs[i] > file_size || lens[i] > file_size - offs[i])
+            FQ_BAD("section %d extends past the end of the file", i);
+        prev_end = offs[i] + lens[i];
+    }
+    return FQ_OK;
+#undef FQ_BAD
+}
+
+static void fq__bind(fq_queue *q, const struct fq_super_shm *s)
+{
+    q->cap = s->s_arena_cap;
+    q->cap_mask = s->s_arena_cap - 1;
+    q->n_desc = s->s_desc_count;
+    q->desc_mask = s->s_desc_count - 1;
+    q->max_frame = s->s_max_frame;
+    q->max_members = s->s_max_members;
+    q->max_groups = s->s_max_groups;
+    q->window = s->s_window_max;
+    q->window_mask = s->s_window_max - 1;
+    q->maxsize = s->s_maxsize;
+    q->limit_records = s->s_maxsize ? s->s_maxsize : (uint64_t)s->s_desc_count - 1;
+    q->base_seq = s->s_base_seq;
+    q->base_pos = s->s_base_pos;
+    q->sup = (struct fq_super_shm *)q->base;
+    q->ctrl = (struct fq_ctrl_shm *)(q->base + s->s_off_ctrl);
+    q->members = (struct fq_member_shm *)(q->base + s->s_off_members);
+    q->groups = (struct fq_group_shm *)(q->base + s->s_off_groups);
+    q->desc = (struct fq_desc_shm *)(q->base + s->s_off_desc);
+    q->windows = (struct fq_lease_shm *)(q->base + s->s_off_windows);
+    q->arena = q->base + s->s_off_arena;
+}
+
+static void fq__init_handle(fq_queue *q)
+{
+    memset(q, 0, sizeof *q);
+    q->fd = -1;
+    q->lock_fd = -1;
+    q->member = -1;
+    q->pid = getpid();
+}
+
+int fq_create(fq_queue *q, const char *name, const fq_params *p)
+{
+    fq__init_handle(q);
+    fq__errmsg[0] = 0;
+    uint64_t cap = fq__pow2(p->capacity < FQ_PAGE ? FQ_PAGE : p->capacity);
+    if (cap > ((uint64_t)1 << 32)) {
+        fq__err("capacity %llu is larger than the 4 GiB limit", (unsigned long long)p->capacity);
+        return FQ_ERR_INVAL;
+    }
+    uint64_t n = p->desc_count ? fq__pow2(p->desc_count) : fq__pow2(cap / 128);
+    if (p->maxsize && p->maxsize + 1 > n)
+        n = fq__pow2(p->maxsize + 1);
+    if (n < 64)
+        n = 64;
+    if (n > (1u << 22) && !p->desc_count && !p->maxsize)
+        n = 1u << 22;
+    if (n > (1u << 24)) {
+        fq__err("maxsize/desc_count %llu is larger than the limit of %u records", (unsigned long long)n, 1u << 24);
+        return FQ_ERR_INVAL;
+    }
+    uint64_t w = p->window ? fq__pow2(p->window) : n;
+    if (w > n)
+        w = n;
+    uint32_t m = p->max_members ? p->max_members : 256;
+    uint32_t g = p->max_groups ? p->max_groups : 1;
+    if (m > FQ_MAX_MEMBERS || g > FQ_MAX_GROUPS) {
+        fq__err("max_members <= %u and max_groups <= %u", FQ_MAX_MEMBERS, FQ_MAX_GROUPS);
+        return FQ_ERR_INVAL;
+    }
+    struct fq_super_shm s;
+    memset(&s, 0, sizeof s);
+    memcpy(s.s_magic, FQ_MAGIC, 8);
+    s.s_layout_major = FQ_LAYOUT_MAJOR;
+    s.s_layout_minor = FQ_LAYOUT_MINOR;
+    s.s_fingerprint = fq__fingerprint();
+    s.s_arena_cap = cap;
+    s.s_desc_count = (uint32_t)n;
+    s.s_max_frame = (uint32_t)((cap / 4) > 0xFFFFFFF0u ? 0xFFFFFFF0u : cap / 4);
+    s.s_max_members = m;
+    s.s_max_groups = g;
+    s.s_window_max = (uint32_t)w;
+    s.s_uid = (uint32_t)geteuid();
+    s.s_maxsize = p->maxsize;
+    s.s_off_ctrl = FQ_PAGE;
+    s.s_off_members = 2 * FQ_PAGE;
+    s.s_off_groups = s.s_off_members + fq__page_up((uint64_t)m * sizeof(struct fq_member_shm));
+    s.s_off_desc = s.s_off_groups + fq__page_up((uint64_t)g * sizeof(struct fq_group_shm));
+    s.s_off_windows = s.s_off_desc + fq__page_up(n * sizeof(struct fq_desc_shm));
+    s.s_off_arena = s.s_off_windows + fq__page_up((uint64_t)g * w * sizeof(struct fq_lease_shm));
+    s.s_total_size = s.s_off_arena + cap;
+    s.s_created_ns = fq_realtime_ns();
+    s.s_creator_pid = (int32_t)getpid();
+    {
+        uint64_t a = (uint64_t)s.s_created_ns ^ ((uint64_t)getpid() << 32), b = (uintptr_t)q;
+        memcpy(s.s_uuid, &a, 8);
+        memcpy(s.s_uuid + 8, &b, 8);
+    }
+
+    int fd;
+    if (name) {
+        int rc = fq__path(q->path, sizeof q->path, name);
+        if (rc)
+            return rc;
+        fd = open(q->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            if (errno == EEXIST) {
+                fq__err("queue %s already exists", name);
+                return FQ_ERR_EXISTS;
+            }
+            fq__err("cannot create %s: %s", q->path, strerror(errno));
+            return FQ_ERR_SYS;
+        }
+    } else {
+        fd = memfd_create("fastq", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0) {
+            fq__err("memfd_create: %s", strerror(errno));
+            return FQ_ERR_SYS;
+        }
+        q->anonymous = 1;
+    }
+    int err = 0;
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)s.s_total_size) != 0)
+        err = errno;
+    if (!err)
+        err = posix_fallocate(fd, 0, (off_t)s.s_total_size);
+    if (err) {
+        if (name)
+            unlink(q->path);
+        close(fd);
+        fq__err("cannot reserve %llu bytes of shared memory: %s", (unsigned long long)s.s_total_size,
+                strerror(err));
+        return (err == ENOSPC || err == ENOMEM) ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+    }
+    if (!name)
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    void *base = mmap(NULL, s.s_total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        err = errno;
+        if (name)
+            unlink(q->path);
+        close(fd);
+        fq__err("mmap: %s", strerror(err));
+        return FQ_ERR_SYS;
+    }
+    q->base = base;
+    q->map_size = s.s_total_size;
+    q->fd = fd;
+    struct fq_super_shm *sup = (struct fq_super_shm *)q->base;
+    atomic_store_explicit(&sup->s_state, FQ_S_INIT, FQ_RELAXED);
+    fq__bind(q, &s);
+    /* group 0: the implicit group of fastq.Queue, gating the ring */
+    struct fq_group_shm *g0 = &q->groups[0];
+    g0->g_flags = FQ_G_GATING;
+    g0->g_window_log2 = (uint32_t)__builtin_ctzll(w);
+    g0->g_start_seq = s.s_base_seq;
+    memcpy(g0->g_name, "queue", 6);
+    atomic_store_explicit(&g0->g_low, s.s_base_seq, FQ_RELAXED);
+    atomic_store_explicit(&g0->g_dispatch, s.s_base_seq, FQ_RELAXED);
+    atomic_store_explicit(&g0->g_state, FQ_G_ACTIVE, FQ_RELAXED);
+    atomic_store_explicit(&q->ctrl->c_tail, fq__tail_pack(s.s_base_seq, s.s_base_pos), FQ_RELAXED);
+    atomic_store_explicit(&q->ctrl->c_floor_seq, s.s_base_seq, FQ_RELAXED);
+    atomic_store_explicit(&q->ctrl->c_floor_pos, s.s_base_pos, FQ_RELAXED);
+    /* superblock last; s_state = READY with release publishes everything */
+    s.s_crc = fq__super_crc(&s);
+    memcpy((char *)sup + 16, (char *)&s + 16, sizeof s - 16);
+    memcpy(sup->s_magic, s.s_magic, 8);
+    sup->s_layout_major = s.s_layout_major;
+    sup->s_layout_minor = s.s_layout_minor;
+    FQ_CRASHPOINT("create.before_ready");
+    atomic_store_explicit(&sup->s_state, FQ_S_READY, FQ_RELEASE);
+    return FQ_OK;
+}
+
+static int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        fq__err("fstat: %s", strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fq__err("%s is not a regular file", q->path[0] ? q->path : "queue");
+        return FQ_ERR_FORMAT;
+    }
+    if (st.st_uid != geteuid()) {
+        fq__err("%s is owned by uid %u, not by us (uid %u)", q->path[0] ? q->path : "queue", (unsigned)st.st_uid,
+                (unsigned)geteuid());
+        return FQ_ERR_PERM;
+    }
+    if (st.st_mode & 077) {
+        fq__err("%s has group/other permissions (mode %03o); fastq requires 0600",
+                q->path[0] ? q->path : "queue", (unsigned)(st.st_mode & 0777));
+        return FQ_ERR_PERM;
+    }
+    if ((uint64_t)st.st_size < 3 * FQ_PAGE) {
+        fq__err("%s is too small to be a fastq queue (%lld bytes)", q->path[0] ? q->path : "queue",
+                (long long)st.st_size);
+        return FQ_ERR_FORMAT;
+    }
+    struct fq_super_shm *sup = mmap(NULL, FQ_PAGE, PROT_READ, MAP_SHARED, fd, 0);
+    if (sup == MAP_FAILED) {
+        fq__err("mmap: %s", strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    int rc = FQ_OK;
+    struct fq_super_shm s;
+    if (memcmp(sup->s_magic, FQ_MAGIC, 8) != 0) {
+        fq__err("%s is not a fastq queue (bad magic)", q->path[0] ? q->path : "queue");
+        rc = FQ_ERR_FORMAT;
+        goto out;
+    }
+    if (sup->s_layout_major != FQ_LAYOUT_MAJOR) {
+        fq__err("queue layout version %u is not supported (this fastq reads %u)", sup->s_layout_major,
+                FQ_LAYOUT_MAJOR);
+        rc = FQ_ERR_FORMAT;
+        goto out;
+    }
+    int64_t until = fq_now_ns() + wait_ns;
+    uint32_t state;
+    while ((state = atomic_load_explicit(&sup->s_state, FQ_ACQUIRE)) != FQ_S_READY) {
+        if (state == FQ_S_POISONED || fq_now_ns() >= until)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    if (state != FQ_S_READY) {
+        fq__err("queue %s is not initialised (its creator died or is still creating it)",
+                q->path[0] ? q->path : "");
+        rc = FQ_ERR_FORMAT;
+        goto out;
+    }
+    memcpy(&s, sup, sizeof s);
+    if (fq__super_crc(&s) != s.s_crc) {
+        fq__err("queue header checksum mismatch: the file is corrupt");
+        rc = FQ_ERR_CORRUPT;
+        goto out;
+    }
+    if (s.s_fingerprint != fq__fingerprint()) {
+        fq__err("queue was created by an incompatible build of fastq (layout fingerprint differs)");
+        rc = FQ_ERR_FORMAT;
+        goto out;
+    }
+    rc = fq__check_geometry(&s, (uint64_t)st.st_size);
+out:
+    munmap(sup, FQ_PAGE);
+    if (rc)
+        return rc;
+    void *base = mmap(NULL, s.s_total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        fq__err("mmap: %s", strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    q->base = base;
+    q->map_size = s.s_total_size;
+    q->fd = fd;
+    fq__bind(q, &s);
+    return FQ_OK;
+}
+
+int fq_open(fq_queue *q, const char *name, int64_t wait_ns)
+{
+    fq__init_handle(q);
+    fq__errmsg[0] = 0;
+    int rc = fq__path(q->path, sizeof q->path, name);
+    if (rc)
+        return rc;
+    int fd = open(q->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) {
+            fq__err("no queue named %s", name);
+            return FQ_ERR_NOENT;
+        }
+        if (errno == EACCES || errno == ELOOP) {
+            fq__err("cannot open %s: %s", q->path, strerror(errno));
+            return FQ_ERR_PERM;
+        }
+        fq__err("cannot open %s: %s", q->path, strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    rc = fq__attach(q, fd, wait_ns);
+    if (rc)
+        close(fd);
+    return rc;
+}
+
+int fq_open_fd(fq_queue *q, int fd)
+{
+    fq__init_handle(q);
+    fq__errmsg[0] = 0;
+    q->anonymous = 1;
+    int rc = fq__attach(q, fd, 0);
+    if (rc)
+        return rc;
+    return FQ_OK;
+}
+
+void fq_close(fq_queue *q)
+{
+    if (!q->base)
+        return;
+    fq_leave(q);
+    munmap(q->base, q->map_size);
+    q->base = NULL;
+    if (q->lock_fd >= 0)
+        close(q->lock_fd);
+    if (q->fd >= 0)
+        close(q->fd);
+    q->fd = q->lock_fd = -1;
+}
+
+int fq_unlink(const char *name)
+{
+    char path[256];
+    int rc = fq__path(path, sizeof path, name);
+    if (rc)
+        return rc;
+    if (unlink(path) != 0) {
+        if (errno == ENOENT) {
+            fq__err("no queue named %s", name);
+            return FQ_ERR_NOENT;
+        }
+        fq__err("cannot unlink %s: %s", path, strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    return FQ_OK;
+}
