@@ -50,6 +50,14 @@ cdef extern from "fq.h" nogil:
         uint32_t deliveries
         int64_t ts_ns
 
+    ctypedef struct fq_stats:
+        uint64_t tail_seq, tail_pos, floor_seq, floor_pos
+        uint64_t low, dispatch, acked, delivered, redelivered, dead
+        int64_t retry_pending
+        uint64_t aborted, recovered, tasks_done
+        uint32_t data_waiters, space_waiters, members_alive, recovery_owner
+    void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
+
     int fq_name_valid(const char *name)
     int fq_create(fq_queue *q, const char *name, const fq_params *p)
     int fq_open(fq_queue *q, const char *name, int64_t wait_ns)

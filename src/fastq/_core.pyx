@@ -570,6 +570,13 @@ cdef class Ring:
         self._ensure()
         return N.fq_maintain(&self.q, 1 if force else 0)
 
+    def _stats(self):
+        """A lock-free snapshot of the shared counters (monitoring, tests)."""
+        cdef N.fq_stats st
+        self._check_mapped()
+        N.fq_get_stats(&self.q, 0, &st)
+        return st
+
     @property
     def capacity(self):
         """Arena bytes (a power of two)."""

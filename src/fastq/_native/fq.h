@@ -113,6 +113,16 @@ uint64_t fq_frame_bytes(uint32_t len);  /* arena bytes of one record, header inc
 int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out);
 int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);
 
+/* A lock-free snapshot for monitoring (fields read independently, relaxed). */
+typedef struct fq_stats {
+    uint64_t tail_seq, tail_pos, floor_seq, floor_pos;
+    uint64_t low, dispatch, acked, delivered, redelivered, dead;
+    int64_t retry_pending;
+    uint64_t aborted, recovered, tasks_done;
+    uint32_t data_waiters, space_waiters, members_alive, recovery_owner;
+} fq_stats;
+void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st);
+
 /* counts */
 uint64_t fq_tail_seq(fq_queue *q);
 uint64_t fq_qsize(fq_queue *q, uint32_t g);

@@ -12,9 +12,11 @@
  *   C0  taker: load g_low (acquire), pairs with C5.
  *   C1  taker: load d_cw (acquire), pairs with P2/P4 and recovery R3.
  *   C2  taker: CAS lease entry FRESH/RETRY -> LEASED (acq_rel).
- *   C3  acker: CAS lease entry LEASED -> ACKED (release): the frame reads of the
- *       consumer happen before anyone who observes ACKED.
- *   C4  low advance: load lease entries (acquire), pairs with C3.
+ *   C3  acker: CAS lease entry LEASED -> ACKED (seq_cst, includes release): the
+ *       frame reads of the consumer happen before anyone who observes ACKED.
+ *   C4  low advance: load g_low and lease entries (seq_cst), pairs with C3;
+ *       seq_cst so concurrent ackers of neighbouring records cannot both
+ *       miss each other's ACKED (store-buffer pattern, see fq__advance_low).
  *   C5  low advance: CAS-max g_low (seq_cst), then E2 on c_space_ec.
  *   F1  floor refresh: load g_low (seq_cst; pairs with C5 and with the space
  *       waiter's E1), F2: CAS-max c_floor_* (release), pairs with A1.
@@ -376,7 +378,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         }
         if (st == FQ_D_ABORTED) {
             if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, FQ_OWNER_NONE, FQ_L_SKIPPED),
-                                                        FQ_RELEASE, FQ_RELAXED))
+                                                        FQ_SEQCST, FQ_RELAXED))
                 skipped++;
             s++;
             continue;
@@ -399,7 +401,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         s++;
     }
     fq__cas_max(&G->g_dispatch, s, FQ_RELAXED); /* a hint only */
-    if (skipped)
+    if (skipped || corrupt)
         fq__advance_low(q, g);
     *n_out = n;
     if (n) {
@@ -417,12 +419,17 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
 void fq__advance_low(fq_queue *q, uint32_t g)
 {
     struct fq_group_shm *G = fq__group(q, g);
-    uint64_t l0 = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+    /* seq_cst (C4/C5 with C3): two ackers finishing s and s+1 concurrently
+     * form a store-buffer pattern (each stores its entry, then reads the
+     * other's entry or g_low).  With every access seq_cst, at least one of
+     * them sees both entries terminal, so g_low never stalls below a run of
+     * finished records. */
+    uint64_t l0 = atomic_load_explicit(&G->g_low, FQ_SEQCST);
     uint64_t l = l0;
     /* Invariant: g_low only passes terminal entries.  Entries at or beyond
      * the tail carry an older tag (or are zero), so the scan stops there. */
     while (l - l0 < q->window) {
-        uint64_t w = atomic_load_explicit(&fq__lease(q, g, l)->l_w, FQ_ACQUIRE); /* C4 */
+        uint64_t w = atomic_load_explicit(&fq__lease(q, g, l)->l_w, FQ_SEQCST); /* C4 */
         if (!fq__lw_is(w, l) || !fq__lst_terminal(fq__lw_st(w)))
             break;
         l++;
@@ -453,7 +460,7 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
         struct fq_lease_shm *L = fq__lease(q, g, seq);
         uint64_t w = fq__lw(seq, msgs[i].deliveries, me, FQ_L_LEASED);
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED),
-                                                     FQ_RELEASE, FQ_RELAXED)) /* C3 */
+                                                     FQ_SEQCST, FQ_RELAXED)) /* C3 (release + seq_cst: see C4) */
             lost++;
     }
     FQ_CRASHPOINT("cons.after_ack");
@@ -497,4 +504,33 @@ int fq_task_done(fq_queue *q, uint64_t n)
     }
     fq__ec_notify_if_waiters(&q->ctrl->c_done_ec);
     return FQ_OK;
+}
+
+void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
+{
+    uint64_t t, fs, fp;
+    memset(st, 0, sizeof *st);
+    while (!fq__load_tail(q, &t, &st->tail_seq, &st->tail_pos, &fs, &fp))
+        fq__cpu_relax();
+    st->floor_seq = fs;
+    st->floor_pos = fp;
+    if (g < q->max_groups) {
+        struct fq_group_shm *G = fq__group(q, g);
+        st->low = atomic_load_explicit(&G->g_low, FQ_RELAXED);
+        st->dispatch = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
+        st->acked = atomic_load_explicit(&G->g_acked, FQ_RELAXED);
+        st->delivered = atomic_load_explicit(&G->g_delivered, FQ_RELAXED);
+        st->redelivered = atomic_load_explicit(&G->g_redelivered, FQ_RELAXED);
+        st->dead = atomic_load_explicit(&G->g_dead, FQ_RELAXED);
+        st->retry_pending = atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED);
+    }
+    st->aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_RELAXED);
+    st->recovered = atomic_load_explicit(&q->ctrl->c_recovered, FQ_RELAXED);
+    st->tasks_done = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_RELAXED);
+    st->data_waiters = (uint32_t)atomic_load_explicit(&q->ctrl->c_data_ec, FQ_RELAXED);
+    st->space_waiters = (uint32_t)atomic_load_explicit(&q->ctrl->c_space_ec, FQ_RELAXED);
+    st->recovery_owner = atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_RELAXED);
+    for (uint32_t i = 0; i < q->max_members; i++)
+        if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE)
+            st->members_alive++;
 }
