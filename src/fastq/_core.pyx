@@ -45,7 +45,7 @@ class IncompatibleQueueError(FastqError):
 
 
 cdef int64_t SLICE_NS = 100_000_000      # longest uninterrupted park
-cdef uint32_t SPIN = 3000                # pause-loop iterations before parking (~10-40 us)
+cdef uint32_t SPIN_NS = 50_000           # busy-wait before parking: ping-pong latency vs CPU burnt
 cdef uint32_t KIND_PRODUCER_CONSUMER = 3
 
 
@@ -230,7 +230,7 @@ cdef class Ring:
     # ---- waiting --------------------------------------------------------
     cdef int _wait(self, int kind, int64_t deadline, uint64_t a, uint64_t b, bint first) except -1:
         cdef int64_t end = N.fq_now_ns() + SLICE_NS
-        cdef uint32_t spin = SPIN if first else 0
+        cdef uint32_t spin = SPIN_NS if first else 0
         if deadline >= 0 and deadline < end:
             end = deadline
         self._inflight += 1

@@ -75,13 +75,12 @@ int fq_member_alive(fq_queue *q, uint32_t id)
 
 static int fq__open_lock_fd(fq_queue *q)
 {
+    /* /proc/self/fd/N opens a NEW open file description of the very inode
+     * we mapped (for a memfd, and for a named file even if its name was
+     * unlinked and reused meanwhile): our lock must sit on that inode. */
     char p[64];
-    if (q->anonymous) {
-        /* /proc/self/fd/N opens a NEW open file description of the memfd. */
-        snprintf(p, sizeof p, "/proc/self/fd/%d", q->fd);
-        return open(p, O_RDWR | O_CLOEXEC);
-    }
-    return open(q->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    snprintf(p, sizeof p, "/proc/self/fd/%d", q->fd);
+    return open(p, O_RDWR | O_CLOEXEC);
 }
 
 int fq_join(fq_queue *q, uint32_t kind)

@@ -102,14 +102,23 @@ static void fq__ec_park(_Atomic uint64_t *ec, uint32_t key, int64_t deadline_ns)
 typedef int (*fq__cond_fn)(fq_queue *q, uint64_t a, uint64_t b);
 
 static int fq__wait_generic(fq_queue *q, _Atomic uint64_t *ec, unsigned which, fq__cond_fn cond, uint64_t a,
-                            uint64_t b, int64_t deadline_ns, uint32_t spin)
+                            uint64_t b, int64_t deadline_ns, uint32_t spin_ns)
 {
     if (cond(q, a, b))
         return FQ_OK;
-    for (uint32_t i = 0; i < spin; i++) {
-        fq__cpu_relax();
-        if ((i & 15u) == 15u && cond(q, a, b))
-            return FQ_OK;
+    if (spin_ns) { /* spin briefly before parking: a futex round trip costs ~10-50 us */
+        int64_t until = fq_now_ns() + (int64_t)spin_ns;
+        if (until > deadline_ns)
+            until = deadline_ns;
+        for (uint32_t i = 1;; i++) {
+            fq__cpu_relax();
+            if ((i & 7u) == 0) {
+                if (cond(q, a, b))
+                    return FQ_OK;
+                if ((i & 63u) == 0 && fq_now_ns() >= until)
+                    break;
+            }
+        }
     }
     uint32_t key = fq__ec_prepare(q, ec, which);
     if (cond(q, a, b)) { /* re-check after being counted (E1) */
@@ -139,17 +148,17 @@ static int fq__cond_done(fq_queue *q, uint64_t a, uint64_t b)
     return fq_unfinished(q) == 0;
 }
 
-int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin)
+int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin_ns)
 {
     if (g >= q->max_groups)
         return FQ_ERR_INVAL;
-    return fq__wait_generic(q, &q->ctrl->c_data_ec, FQ_W_DATA, fq__cond_data, g, 0, deadline_ns, spin);
+    return fq__wait_generic(q, &q->ctrl->c_data_ec, FQ_W_DATA, fq__cond_data, g, 0, deadline_ns, spin_ns);
 }
 
 int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns)
 {
     return fq__wait_generic(q, &q->ctrl->c_space_ec, FQ_W_SPACE, fq__cond_space, n_records, n_bytes, deadline_ns,
-                            64);
+                            5000);
 }
 
 int fq_wait_done(fq_queue *q, int64_t deadline_ns)
