@@ -254,9 +254,14 @@ static void test_too_big_and_inval(void)
     uint32_t five[5] = {mp, mp, mp, mp, mp}; /* 5 KiB in a 4 KiB arena */
     FQT_ST(fq_claim(&q, five, 5, &first), FQ_ERR_TOO_BIG);
     FQT_ST(fq_claim(&q, five, 0, &first), FQ_ERR_INVAL);
-    uint32_t four[4] = {mp, mp, mp, mp};
-    FQT_ST(fq_claim(&q, four, 4, &first), FQ_OK);
-    fq_commit(&q, first, 4);
+    uint32_t four[4] = {mp, mp, mp, mp}; /* fits at position 0 only: refused wherever the ring stands */
+    FQT_ST(fq_claim(&q, four, 4, &first), FQ_ERR_TOO_BIG);
+    FQT_ST(fq_claim(&q, four, 3, &first), FQ_OK);
+    uint32_t one = mp;
+    uint64_t first1;
+    FQT_ST(fq_claim(&q, &one, 1, &first1), FQ_OK);
+    fq_commit(&q, first, 3);
+    fq_commit(&q, first1, 1);
     FQT_EQ(fq_qsize(&q, 0), 4);
     fq_msg m[4];
     uint32_t n;
@@ -529,7 +534,7 @@ static void test_wait_timeouts(void)
     int64_t dt = timed_wait_data(&q, 20 * ms, 0, &rc);
     FQT_ST(rc, FQ_TIMEOUT);
     FQT_CHECKM(dt >= 19 * ms && dt <= 20 * ms + slack, "wait_data 20 ms took %.2f ms", dt / 1e6);
-    dt = timed_wait_data(&q, 20 * ms, 100000, &rc); /* spinning first does not extend it much */
+    dt = timed_wait_data(&q, 20 * ms, 5 * ms, &rc); /* spinning first (5 ms) does not extend it */
     FQT_ST(rc, FQ_TIMEOUT);
     FQT_CHECKM(dt >= 19 * ms && dt <= 20 * ms + slack, "wait_data(spin) 20 ms took %.2f ms", dt / 1e6);
     dt = timed_wait_data(&q, -5 * ms, 0, &rc); /* deadline already passed */

@@ -117,7 +117,7 @@ FQ_STATIC_ASSERT(sizeof(struct fq_super_shm) == 176, "super size");
  *   block  2 (0x100)  c_data_ec       eventcount "a record was committed / returned"
  *   block  3 (0x180)  c_space_ec      eventcount "a gating low-watermark advanced"
  *   block  4 (0x200)  c_done_ec, c_tasks_done    JoinableQueue task_done/join
- *   block  5 (0x280)  c_recovery_owner, c_last_scan_ns, c_aborted, c_recovered
+ *   block  5 (0x280)  c_recovery_owner, c_recovery_gen, c_last_scan_ns, c_aborted, c_recovered
  *   block  6 (0x300)  c_durable_seq, c_durable_ec  (segment store, issue 4)
  *   block  7 (0x380)  c_admin_owner, c_groups_epoch (group admin, issue 3)
  *
@@ -150,7 +150,7 @@ struct fq_ctrl_shm {
     _Atomic uint64_t c_tasks_done;
     uint8_t c_pad4[FQ_BLOCK - 16];
     _Atomic uint32_t c_recovery_owner;   /* member id + 1 of the recoverer; 0 = free */
-    uint32_t c_pad5a;
+    _Atomic uint32_t c_recovery_gen;     /* +1 at every acquisition of the recovery mutex */
     _Atomic uint64_t c_last_scan_ns;     /* CLOCK_MONOTONIC of the last liveness scan */
     _Atomic uint64_t c_aborted;          /* records turned into gaps by recovery */
     _Atomic uint64_t c_recovered;        /* dead members recovered */

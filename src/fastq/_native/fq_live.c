@@ -194,19 +194,18 @@ static int fq__recovery_lock(fq_queue *q)
     uint32_t me = (uint32_t)q->member + 1;
     uint32_t cur = atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_ACQUIRE);
     for (;;) {
-        if (cur == 0) {
-            if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_ACQREL, FQ_ACQUIRE))
-                return 1;
-            continue;
-        }
         if (cur == me)
-            return 1;
+            break;
         /* Held: take over only if the holder is dead (or the id is garbage). */
-        if (cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) != 0)
+        if (cur != 0 && cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) != 0)
             return 0;
-        if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_ACQREL, FQ_ACQUIRE))
-            return 1;
+        if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_SEQCST, FQ_ACQUIRE))
+            break;
     }
+    /* seq_cst: a taker that reads the old generation after its scan knows no
+     * recovery overlapped it (fq__take_retries). */
+    atomic_fetch_add_explicit(&q->ctrl->c_recovery_gen, 1, FQ_SEQCST);
+    return 1;
 }
 
 static void fq__recovery_unlock(fq_queue *q)
@@ -277,8 +276,10 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
                                    : FQ_M_FREE;
                 if (pst != FQ_M_ALIVE &&
                     atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED), FQ_RELEASE,
-                                                            FQ_RELAXED))
+                                                            FQ_RELAXED)) {
+                    atomic_fetch_add_explicit(&q->ctrl->c_aborted, 1, FQ_SEQCST);
                     aborted++;
+                }
             }
             s++;
             continue;
@@ -325,12 +326,11 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
         fq__set_gap(q, s, cw, start, end - start);
         for (uint64_t v = s + 1; v != u; v++)
             fq__set_gap(q, v, atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE), end, 0);
+        atomic_fetch_add_explicit(&q->ctrl->c_aborted, u - s, FQ_SEQCST);
         aborted += u - s;
         s = u;
     }
     free(live);
-    if (aborted)
-        atomic_fetch_add_explicit(&q->ctrl->c_aborted, aborted, FQ_SEQCST);
     return aborted;
 }
 

@@ -66,6 +66,8 @@ static inline unsigned fq__lw_deliv(uint64_t w) { return (unsigned)((w >> 16) & 
 static inline unsigned fq__lw_owner(uint64_t w) { return (unsigned)((w >> 3) & 0x1FFFu); }
 static inline unsigned fq__lw_st(uint64_t w) { return (unsigned)(w & 7u); }
 static inline int fq__lw_is(uint64_t w, uint64_t seq) { return fq__lw_tag(w) == (seq & FQ_TAG_MASK); }
+/* Entry tag belongs to a later lap than seq (40-bit serial comparison). */
+static inline int fq__lw_newer(uint64_t w, uint64_t seq) { return (int64_t)((fq__lw_tag(w) - seq) << 24) > 0; }
 static inline int fq__lst_terminal(unsigned st)
 {
     return st == FQ_L_ACKED || st == FQ_L_DEAD || st == FQ_L_SKIPPED;

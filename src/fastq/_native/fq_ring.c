@@ -29,8 +29,8 @@
 
 uint32_t fq_max_payload(const fq_queue *q) { return q->max_frame - FQ_FRAME_HDR; }
 
-/* Records one claim may hold: bounded by the record limit and so that a
- * batch of maximal frames never needs more than half the arena. */
+/* Records one claim may hold (also bounded by bytes: for a batch of more
+ * than one record, sum of fq_frame_bytes + max frame <= capacity). */
 uint64_t fq_batch_limit(const fq_queue *q) { return q->limit_records; }
 
 uint64_t fq_frame_bytes(uint32_t len) { return fq__align8((uint64_t)FQ_FRAME_HDR + len); }
@@ -160,9 +160,17 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
     if (n > q->limit_records)
         return FQ_ERR_TOO_BIG;
     uint32_t maxp = fq_max_payload(q);
-    for (uint32_t i = 0; i < n; i++)
+    uint64_t frames = 0;
+    for (uint32_t i = 0; i < n; i++) {
         if (lens[i] > maxp)
             return FQ_ERR_TOO_BIG;
+        frames += fq__frame_bytes(lens[i]);
+    }
+    /* A batch's frames plus the padding of one wrap (< max_frame) must fit
+     * the arena wherever the ring stands: whether a batch is too big never
+     * depends on the ring position. */
+    if (n > 1 && frames + q->max_frame > q->cap)
+        return FQ_ERR_TOO_BIG;
     struct fq_member_shm *me = &q->members[q->member];
     uint64_t t, s, p, fs, fp, e;
     for (;;) {
@@ -175,8 +183,6 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
          * is the floor's byte position); bytes [p, e) may overwrite only
          * what lies below the floor position. */
         if (s + n - fs > q->limit_records || e - fp > q->cap) {
-            if (e - p > q->cap)
-                return FQ_ERR_TOO_BIG;
             if (fq__refresh_floor(q))
                 continue;
             return FQ_FULL;
@@ -280,21 +286,30 @@ static void fq__drop_corrupt(fq_queue *q, uint32_t g, uint64_t seq, uint64_t w)
     }
 }
 
-/* Retake RETRY entries (returned by recovery or nack) whose not-before passed. */
+/* Retake RETRY entries (returned by recovery) whose not-before passed.  The
+ * scan covers [g_low, tail): a lease may sit at or beyond g_dispatch (its
+ * taker died before moving the hint).  g_retry_pending may count an entry a
+ * recoverer has not flipped yet (it counts first), or one whose recoverer
+ * died between count and CAS; if a whole scan finds no RETRY entry and no
+ * recovery ran meanwhile (c_recovery_gen unchanged and the mutex free), the
+ * count is a phantom and is reset from the value seen at the start. */
 static uint32_t fq__take_retries(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, int *corrupt)
 {
     struct fq_group_shm *G = fq__group(q, g);
+    uint32_t gen0 = atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST);
+    int64_t pending0 = atomic_load_explicit(&G->g_retry_pending, FQ_SEQCST);
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
-    uint64_t end = atomic_load_explicit(&G->g_dispatch, FQ_ACQUIRE);
+    uint64_t end = fq_tail_seq(q);
     if ((int64_t)(end - low) > (int64_t)q->window)
         end = low + q->window;
     int64_t now = fq_now_ns();
-    uint32_t n = 0;
+    uint32_t n = 0, seen = 0;
     for (uint64_t s = low; (int64_t)(end - s) > 0 && n < max; s++) {
         struct fq_lease_shm *L = fq__lease(q, g, s);
         uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
         if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_RETRY)
             continue;
+        seen++;
         if ((int64_t)atomic_load_explicit(&L->l_deadline_ns, FQ_RELAXED) > now)
             continue;
         if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len)
@@ -305,7 +320,7 @@ static uint32_t fq__take_retries(fq_queue *q, uint32_t g, fq_msg *out, uint32_t 
         uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) /* C2 */
             continue;
-        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_RELAXED);
+        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
         atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
         uint32_t vis = G->g_visibility_ms;
         atomic_store_explicit(&L->l_deadline_ns, vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0, FQ_RELAXED);
@@ -316,6 +331,9 @@ static uint32_t fq__take_retries(fq_queue *q, uint32_t g, fq_msg *out, uint32_t 
             *corrupt = 1;
         }
     }
+    if (seen == 0 && pending0 > 0 && atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_SEQCST) == 0 &&
+        atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST) == gen0)
+        atomic_compare_exchange_strong_explicit(&G->g_retry_pending, &pending0, 0, FQ_SEQCST, FQ_RELAXED);
     return n;
 }
 
@@ -374,6 +392,14 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
         if (fq__lw_is(w, s) && fq__lw_st(w) != FQ_L_FRESH) {
             s++; /* taken by another consumer, or finished */
+            continue;
+        }
+        if (!fq__lw_is(w, s) && fq__lw_newer(w, s)) {
+            /* The entry already belongs to a later lap: we were preempted
+             * between C1 and this load while the ring went round, so s (and
+             * what we read of desc[s]) is long finished.  Jump to g_low. */
+            low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+            s = (int64_t)(low - s) > 0 ? low : s + 1;
             continue;
         }
         if (st == FQ_D_ABORTED) {
