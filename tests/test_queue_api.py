@@ -917,13 +917,16 @@ def test_threads_batches_4x4():
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
 
+        done = threading.Event()
+
         def consumer(c):
             try:
                 while True:
-                    for item in q.get_many(1 + c * 3, timeout=10):
-                        if item == b"stop":
+                    try:
+                        results[c].extend(q.get_many(1 + c * 3, timeout=0.2))
+                    except queue.Empty:
+                        if done.is_set():
                             return
-                        results[c].append(item)
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -933,15 +936,9 @@ def test_threads_batches_4x4():
             t.start()
         for t in ps:
             t.join(30)
+        done.set()
         for t in cs:
-            # one stop per consumer; a consumer returns at its first stop
-            q.put(b"stop", timeout=5)
-        # stop markers may be taken in a batch together with others: re-feed until all exit
-        deadline = time.monotonic() + 30
-        while any(t.is_alive() for t in cs) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            if q.empty():
-                q.put(b"stop", timeout=5)
+            t.join(30)
         assert not any(t.is_alive() for t in cs + ps)
         assert not errors, errors
         allitems = [x for r in results for x in r]
@@ -1078,3 +1075,117 @@ def test_ctrl_c_no_timeout_get(default_sigint, q):
     t.join(2)
     q.put(1)
     assert q.get(timeout=1) == 1
+
+
+# ---------------------------------------------------------------- threads sharing one handle
+def test_thread_blocked_put_keeps_its_record_length():
+    """A put blocked in one thread must not pick up the length of another
+    thread's (failed) put on the same handle."""
+    with fastq.Queue(1, capacity=SMALL, serializer=None) as q:
+        q.put(b"first")
+        t = threading.Thread(target=lambda: q.put(b"a" * 10, timeout=5))
+        t.start()
+        time.sleep(0.2)  # the thread is now blocked in put (maxsize reached)
+        with pytest.raises(queue.Full):
+            q.put_nowait(b"b" * 100)
+        assert q.get(timeout=1) == b"first"
+        t.join(6)
+        assert not t.is_alive()
+        assert q.get(timeout=1) == b"a" * 10
+
+
+def test_thread_blocked_put_many_keeps_its_record_lengths():
+    with fastq.Queue(2, capacity=SMALL, serializer=None) as q:
+        q.put(b"x")
+        q.put(b"y")
+        t = threading.Thread(target=lambda: q.put_many([b"a" * 3, b"b" * 5], timeout=5))
+        t.start()
+        time.sleep(0.2)
+        with pytest.raises(queue.Full):
+            q.put_many([b"c" * 200, b"d" * 300], block=False)
+        assert q.get_many(2, timeout=1) == [b"x", b"y"]
+        t.join(6)
+        assert not t.is_alive()
+        got = []
+        while len(got) < 2:
+            got += q.get_many(2, timeout=1)
+        assert got == [b"a" * 3, b"b" * 5]
+
+
+def test_threads_get_array_and_get_many_share_handle():
+    """Concurrent get_array / get_many on one handle: nothing duplicated, lost or stuck."""
+    N = 200_000
+    with fastq.Queue(capacity=1 << 22, serializer=None) as q:
+        got = [[], []]
+        errors = []
+
+        def prod():
+            try:
+                q.put_many(np.arange(N, dtype=np.int64), timeout=20)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def cons(c):
+            try:
+                while sum(map(len, got)) < N:
+                    try:
+                        if c == 0:
+                            got[c].extend(q.get_array(np.int64, 4096, timeout=0.5).tolist())
+                        else:
+                            got[c].extend(int.from_bytes(b, "little") for b in q.get_many(4096, timeout=0.5))
+                    except queue.Empty:
+                        if not pt.is_alive():
+                            return
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        pt = threading.Thread(target=prod)
+        ts = [threading.Thread(target=cons, args=(c,)) for c in range(2)]
+        pt.start()
+        for t in ts:
+            t.start()
+        for t in ts + [pt]:
+            t.join(40)
+        assert not any(t.is_alive() for t in ts + [pt])
+        assert not errors, errors
+        allv = got[0] + got[1]
+        assert len(allv) == len(set(allv)), "records delivered twice"
+        assert sorted(allv) == list(range(N))
+        assert q.qsize() == 0
+
+
+def test_threads_put_many_arrays_share_handle():
+    """Two threads put_many(ndarray) on one handle while a third consumes."""
+    N = 50_000
+    with fastq.Queue(capacity=1 << 16, serializer=None) as q:
+        errors = []
+        got = []
+
+        def prod(p):
+            try:
+                a = np.arange(N, dtype=np.int64) * 2 + p
+                for chunk in np.array_split(a, 50):
+                    q.put_many(chunk, timeout=10)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def cons():
+            try:
+                while len(got) < 2 * N:
+                    got.extend(q.get_many(1000, timeout=10))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        ts = [threading.Thread(target=prod, args=(p,)) for p in range(2)] + [threading.Thread(target=cons)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(40)
+        assert not any(t.is_alive() for t in ts)
+        assert not errors, errors
+        assert all(len(b) == 8 for b in got), "record of the wrong length"
+        vals = [int.from_bytes(b, "little") for b in got]
+        assert sorted(vals) == list(range(2 * N))
+        for p in range(2):
+            seq = [v for v in vals if v % 2 == p]
+            assert seq == sorted(seq)

@@ -86,14 +86,24 @@ def crash_arm(spec):
     N.fq_crash_arm(b)
 
 
+cdef bytes _encode_name(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"queue name must be a str, not {type(name).__name__}")
+    if '\x00' in name:
+        raise ValueError(f"invalid queue name {name!r}: NUL character")
+    return name.encode()
+
+
 def unlink(name):
     """Remove the named queue.  Processes that have it open keep using it."""
-    rc = N.fq_unlink(name.encode())
+    rc = N.fq_unlink(_encode_name(name))
     if rc != N.FQ_OK:
         _raise(rc)
 
 
 def name_valid(name):
+    if not isinstance(name, str) or '\x00' in name:
+        return False
     return bool(N.fq_name_valid(name.encode()))
 
 
@@ -119,8 +129,6 @@ cdef class Ring:
     cdef int _inflight
     cdef N.fq_msg *_msgs
     cdef uint32_t _msgs_cap
-    cdef uint32_t *_lens
-    cdef uint32_t _lens_cap
     cdef public object _dumps
     cdef public object _loads
     cdef readonly object name
@@ -131,8 +139,6 @@ cdef class Ring:
         self._inflight = 0
         self._msgs = NULL
         self._msgs_cap = 0
-        self._lens = NULL
-        self._lens_cap = 0
         self._dumps = None
         self._loads = None
         self.name = None
@@ -142,7 +148,6 @@ cdef class Ring:
             N.fq_close(&self.q)
             self._mapped = False
         free(self._msgs)
-        free(self._lens)
 
     # ---- lifecycle ------------------------------------------------------
     def _create(self, name, uint64_t capacity, uint64_t maxsize, uint32_t max_members=0,
@@ -154,7 +159,7 @@ cdef class Ring:
         p.window = 0
         p.max_members = max_members
         p.max_groups = 1
-        cdef bytes bname = name.encode() if name is not None else None
+        cdef bytes bname = _encode_name(name) if name is not None else None
         cdef const char *cname = NULL
         if bname is not None:
             cname = bname
@@ -166,7 +171,7 @@ cdef class Ring:
         self._join()
 
     def _open(self, name, double wait=1.0):
-        rc = N.fq_open(&self.q, name.encode(), <int64_t>(wait * 1e9))
+        rc = N.fq_open(&self.q, _encode_name(name), <int64_t>(wait * 1e9))
         if rc != N.FQ_OK:
             _raise(rc, f"cannot open queue {name!r}")
         self._mapped = True
@@ -252,8 +257,11 @@ cdef class Ring:
         return 0
 
     # ---- produce --------------------------------------------------------
-    cdef int _claim(self, uint32_t n, uint64_t nbytes, uint64_t *seq, bint block, object timeout) except -1:
-        cdef int rc = N.fq_claim(&self.q, self._lens, n, seq)
+    cdef int _claim(self, const uint32_t *lens, uint32_t n, uint64_t nbytes, uint64_t *seq, bint block,
+                    object timeout) except -1:
+        """Claim n records (lens is the caller's own array: it must not be
+        shared with other threads, since the wait below releases the GIL)."""
+        cdef int rc = N.fq_claim(&self.q, lens, n, seq)
         cdef int64_t deadline
         cdef bint first = True
         if rc == N.FQ_OK:
@@ -265,7 +273,7 @@ cdef class Ring:
             while True:
                 self._wait(1, deadline, n, nbytes, first)
                 first = False
-                rc = N.fq_claim(&self.q, self._lens, n, seq)
+                rc = N.fq_claim(&self.q, lens, n, seq)
                 if rc == N.FQ_OK:
                     return 0
                 if rc != N.FQ_FULL:
@@ -273,17 +281,6 @@ cdef class Ring:
                 if deadline >= 0 and N.fq_now_ns() >= deadline:
                     raise Full
         _raise(rc)
-
-    cdef int _lens_reserve(self, uint32_t n) except -1:
-        if n <= self._lens_cap:
-            return 0
-        free(self._lens)
-        self._lens = <uint32_t *>malloc(n * sizeof(uint32_t))
-        if self._lens == NULL:
-            self._lens_cap = 0
-            raise MemoryError()
-        self._lens_cap = n
-        return 0
 
     cdef int _too_big(self, Py_ssize_t n) except -1:
         raise ValueError(
@@ -295,6 +292,7 @@ cdef class Ring:
         cdef Py_buffer view
         cdef const char *ptr
         cdef Py_ssize_t ln
+        cdef uint32_t len32
         cdef uint64_t seq
         cdef uint8_t *dst
         cdef bint have_view = False
@@ -312,10 +310,8 @@ cdef class Ring:
         try:
             if ln > N.fq_max_payload(&self.q):
                 self._too_big(ln)
-            if self._lens_cap == 0:
-                self._lens_reserve(256)
-            self._lens[0] = <uint32_t>ln
-            self._claim(1, N.fq_frame_bytes(<uint32_t>ln), &seq, block, timeout)
+            len32 = <uint32_t>ln
+            self._claim(&len32, 1, N.fq_frame_bytes(len32), &seq, block, timeout)
             # claim -> copy -> commit: GIL held, nothing can raise
             dst = N.fq_payload(&self.q, seq)
             if ln >= 64:
@@ -342,6 +338,9 @@ cdef class Ring:
         if self._closed or self.q.member < 0:
             self._ensure()
         if type(items).__module__ == 'numpy' and type(items).__name__ == 'ndarray':
+            if self._dumps is not None:
+                raise TypeError("put_many(ndarray) puts raw rows: use a queue created with serializer=None "
+                                "(or pass list(array) to pickle each row)")
             return self._put_array(items, block, timeout)
         cdef list datas = []
         dumps = self._dumps
@@ -360,23 +359,33 @@ cdef class Ring:
         cdef uint64_t half = self.q.cap // 2, nbytes, fb, seq
         if limit > 4096:
             limit = 4096
-        self._lens_reserve(<uint32_t>limit)
-        while i < n:
-            j = i
-            nbytes = 0
-            while j < n and <uint64_t>(j - i) < limit:
-                fb = N.fq_frame_bytes(<uint32_t>PyBytes_GET_SIZE(datas[j]))
-                if j > i and nbytes + fb > half:
-                    break
-                self._lens[j - i] = <uint32_t>PyBytes_GET_SIZE(datas[j])
-                nbytes += fb
-                j += 1
-            self._claim(<uint32_t>(j - i), nbytes, &seq, block, timeout)
-            for k in range(j - i):
-                d = datas[i + k]
-                memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
-            N.fq_commit(&self.q, seq, <uint32_t>(j - i))
-            i = j
+        if <uint64_t>n < limit:
+            limit = <uint64_t>n
+        if n == 0:
+            return
+        cdef uint32_t *lens = <uint32_t *>malloc(limit * sizeof(uint32_t))
+        if lens == NULL:
+            raise MemoryError()
+        try:
+            while i < n:
+                j = i
+                nbytes = 0
+                while j < n and <uint64_t>(j - i) < limit:
+                    fb = N.fq_frame_bytes(<uint32_t>PyBytes_GET_SIZE(datas[j]))
+                    if j > i and nbytes + fb > half:
+                        break
+                    lens[j - i] = <uint32_t>PyBytes_GET_SIZE(datas[j])
+                    nbytes += fb
+                    j += 1
+                self._claim(lens, <uint32_t>(j - i), nbytes, &seq, block, timeout)
+                # claim -> copy -> commit with the GIL held (one intent per handle)
+                for k in range(j - i):
+                    d = datas[i + k]
+                    memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+                N.fq_commit(&self.q, seq, <uint32_t>(j - i))
+                i = j
+        finally:
+            free(lens)
 
     cdef _put_array(self, arr, block, timeout):
         import numpy as np
@@ -404,21 +413,27 @@ cdef class Ring:
             limit = per
         if limit > 65536:
             limit = 65536
+        if <uint64_t>rows < limit:
+            limit = <uint64_t>rows
+        cdef uint32_t *lens = <uint32_t *>malloc(limit * sizeof(uint32_t))
+        if lens == NULL:
+            PyBuffer_Release(&view)
+            raise MemoryError()
         try:
-            self._lens_reserve(<uint32_t>limit)
             for k in range(<Py_ssize_t>limit):
-                self._lens[k] = <uint32_t>rowbytes
+                lens[k] = <uint32_t>rowbytes
             while i < rows:
                 j = i + <Py_ssize_t>limit
                 if j > rows:
                     j = rows
-                self._claim(<uint32_t>(j - i), (j - i) * fb, &seq, block, timeout)
-                with nogil:
-                    for k in range(j - i):
-                        memcpy(N.fq_payload(&self.q, seq + k), base + (i + k) * rowbytes, rowbytes)
+                self._claim(lens, <uint32_t>(j - i), (j - i) * fb, &seq, block, timeout)
+                # claim -> copy -> commit with the GIL held (one intent per handle)
+                for k in range(j - i):
+                    memcpy(N.fq_payload(&self.q, seq + k), base + (i + k) * rowbytes, rowbytes)
                 N.fq_commit(&self.q, seq, <uint32_t>(j - i))
                 i = j
         finally:
+            free(lens)
             PyBuffer_Release(&view)
 
     # ---- consume --------------------------------------------------------
@@ -433,10 +448,12 @@ cdef class Ring:
         self._msgs_cap = n
         return 0
 
-    cdef uint32_t _take(self, uint32_t maxn, uint32_t only_len, bint block, object timeout) except 0:
-        """Lease up to maxn records into self._msgs; waits per block/timeout."""
+    cdef uint32_t _take(self, N.fq_msg **buf, uint32_t maxn, uint32_t only_len, bint block,
+                        object timeout) except 0:
+        """Lease up to maxn records into *buf (re-read after every wait: the
+        buffer may be self._msgs, which another thread may have grown)."""
         cdef uint32_t n = 0
-        cdef int rc = N.fq_take(&self.q, 0, self._msgs, maxn, only_len, &n)
+        cdef int rc = N.fq_take(&self.q, 0, buf[0], maxn, only_len, &n)
         cdef int64_t deadline
         cdef bint first = True
         if rc == N.FQ_OK:
@@ -449,7 +466,7 @@ cdef class Ring:
         while True:
             self._wait(0, deadline, 0, 0, first)
             first = False
-            rc = N.fq_take(&self.q, 0, self._msgs, maxn, only_len, &n)
+            rc = N.fq_take(&self.q, 0, buf[0], maxn, only_len, &n)
             if rc == N.FQ_OK:
                 return n
             if rc < 0:
@@ -461,11 +478,11 @@ cdef class Ring:
         """Remove and return an item (see multiprocessing.Queue.get)."""
         if self._closed or self.q.member < 0:
             self._ensure()
-        if self._msgs_cap == 0:
-            self._msgs_reserve(256)
-        self._take(1, 0, block, timeout)
-        data = PyBytes_FromStringAndSize(<const char *>self._msgs[0].data, self._msgs[0].len)
-        N.fq_ack(&self.q, 0, self._msgs, 1)
+        cdef N.fq_msg m
+        cdef N.fq_msg *pm = &m
+        self._take(&pm, 1, 0, block, timeout)
+        data = PyBytes_FromStringAndSize(<const char *>m.data, m.len)
+        N.fq_ack(&self.q, 0, &m, 1)
         if self._loads is not None:
             return self._loads(data)
         return data
@@ -485,7 +502,8 @@ cdef class Ring:
         if want > 65536:
             want = 65536
         self._msgs_reserve(<uint32_t>want)
-        cdef uint32_t n = self._take(<uint32_t>want, 0, block, timeout), i
+        # self._msgs is used with the GIL held from the take to the ack
+        cdef uint32_t n = self._take(&self._msgs, <uint32_t>want, 0, block, timeout), i
         cdef list out = PyList_New(n)
         for i in range(n):
             b = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, self._msgs[i].len)
@@ -507,6 +525,8 @@ cdef class Ring:
         import numpy as np
         if self._closed or self.q.member < 0:
             self._ensure()
+        if self._loads is not None:
+            raise TypeError("get_array() reads raw records: use a queue created with serializer=None")
         dt = np.dtype(dtype)
         cdef Py_ssize_t isz = dt.itemsize
         if isz <= 0:
@@ -518,17 +538,27 @@ cdef class Ring:
             want = <Py_ssize_t>self.q.limit_records
         if want > 1 << 20:
             want = 1 << 20
-        self._msgs_reserve(<uint32_t>want)
-        cdef uint32_t n = self._take(<uint32_t>want, <uint32_t>isz, block, timeout), i
-        out = np.empty(n, dtype=dt)
+        # a buffer of our own: the copy below runs without the GIL
+        cdef N.fq_msg *msgs = <N.fq_msg *>malloc(want * sizeof(N.fq_msg))
+        if msgs == NULL:
+            raise MemoryError()
+        cdef uint32_t n = 0, i
         cdef Py_buffer view
-        PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
-        cdef char *dst = <char *>view.buf
-        with nogil:
-            for i in range(n):
-                memcpy(dst + i * isz, self._msgs[i].data, isz)
-        PyBuffer_Release(&view)
-        N.fq_ack(&self.q, 0, self._msgs, n)
+        cdef char *dst
+        try:
+            n = self._take(&msgs, <uint32_t>want, <uint32_t>isz, block, timeout)
+            try:
+                out = np.empty(n, dtype=dt)
+                PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_ANY_CONTIGUOUS)
+                dst = <char *>view.buf
+                with nogil:
+                    for i in range(n):
+                        memcpy(dst + i * isz, msgs[i].data, isz)
+                PyBuffer_Release(&view)
+            finally:
+                N.fq_ack(&self.q, 0, msgs, n)
+        finally:
+            free(msgs)
         return out
 
     # ---- counts ---------------------------------------------------------

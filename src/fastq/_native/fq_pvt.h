@@ -109,6 +109,7 @@ static inline void fq__ec_notify(_Atomic uint64_t *ec) { fq__ec_wake(ec); }
 int fq__take_ready(fq_queue *q, uint32_t g);
 int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes);
 int fq__refresh_floor(fq_queue *q);
+int fq__check_dynamic(fq_queue *q);
 void fq__advance_low(fq_queue *q, uint32_t g);
 uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok);
 int fq__probe_lock(fq_queue *q, uint32_t id);

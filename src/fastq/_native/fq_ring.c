@@ -64,12 +64,48 @@ static inline int fq__load_tail(fq_queue *q, uint64_t *t, uint64_t *s, uint64_t 
     return (int64_t)(*s - *fs) >= 0 && (int64_t)(*p - *fp) >= 0;
 }
 
+/* A tail behind the floor is normal for a moment (the floor moved after our
+ * tail load); for ~1 ms of retries it is a corrupt control page: give up
+ * (returns 0) instead of spinning forever with the GIL held. */
+static int fq__load_tail_bounded(fq_queue *q, uint64_t *t, uint64_t *s, uint64_t *p, uint64_t *fs, uint64_t *fp)
+{
+    for (uint32_t i = 0; i < 20000; i++) {
+        if (fq__load_tail(q, t, s, p, fs, fp))
+            return 1;
+        fq__cpu_relax();
+    }
+    return 0;
+}
+
 uint64_t fq_tail_seq(fq_queue *q)
 {
     uint64_t t, s, p, fs, fp;
-    while (!fq__load_tail(q, &t, &s, &p, &fs, &fp))
-        fq__cpu_relax();
+    if (!fq__load_tail_bounded(q, &t, &s, &p, &fs, &fp))
+        return fs; /* corrupt: callers see an empty range */
     return s;
+}
+
+/* Consistency of the dynamic state at open: tail, floor and every active
+ * group's low within the bounds the protocol keeps. */
+int fq__check_dynamic(fq_queue *q)
+{
+    uint64_t t, s, p, fs, fp;
+    if (!fq__load_tail_bounded(q, &t, &s, &p, &fs, &fp))
+        return 0;
+    if (s - fs > q->n_desc || p - fp > q->cap || (fp & 7u) || (int64_t)(fs - q->base_seq) < 0)
+        return 0;
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        uint32_t st = atomic_load_explicit(&G->g_state, FQ_ACQUIRE);
+        if (st == FQ_G_FREE)
+            continue;
+        if (st != FQ_G_ACTIVE && st != FQ_G_DELETING)
+            return 0;
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+        if ((int64_t)(low - fs) < 0 || (int64_t)(s - low) < 0)
+            return 0;
+    }
+    return 1;
 }
 
 /* ext_end(seq): byte position just after record seq's extent.  Validated
@@ -105,8 +141,8 @@ static inline void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo)
 int fq__refresh_floor(fq_queue *q)
 {
     uint64_t t, ts, tp, fs, fp;
-    if (!fq__load_tail(q, &t, &ts, &tp, &fs, &fp))
-        return 1;
+    if (!fq__load_tail_bounded(q, &t, &ts, &tp, &fs, &fp))
+        return 0;
     uint64_t L = ts;
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
@@ -174,10 +210,8 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
     struct fq_member_shm *me = &q->members[q->member];
     uint64_t t, s, p, fs, fp, e;
     for (;;) {
-        if (!fq__load_tail(q, &t, &s, &p, &fs, &fp)) {
-            fq__cpu_relax();
-            continue;
-        }
+        if (!fq__load_tail_bounded(q, &t, &s, &p, &fs, &fp))
+            return FQ_ERR_CORRUPT;
         e = fq__place(q, p, lens, n);
         /* Space rules: N-1 slack keeps desc[floor-1] alive (its extent end
          * is the floor's byte position); bytes [p, e) may overwrite only
@@ -416,7 +450,8 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         uint64_t nw = fq__lw(s, 1, me, FQ_L_LEASED);
         if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) { /* C2 */
             FQ_CRASHPOINT("cons.after_lease");
-            atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
+            if (deadline)
+                atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
             if (fq__fill(q, s, 1, &out[n]))
                 n++;
             else {
@@ -485,8 +520,9 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
         uint64_t seq = msgs[i].seq;
         struct fq_lease_shm *L = fq__lease(q, g, seq);
         uint64_t w = fq__lw(seq, msgs[i].deliveries, me, FQ_L_LEASED);
-        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED),
-                                                     FQ_SEQCST, FQ_RELAXED)) /* C3 (release + seq_cst: see C4) */
+        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w,
+                                                     fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED), FQ_SEQCST,
+                                                     FQ_RELAXED)) /* C3 (release + seq_cst: see C4) */
             lost++;
     }
     FQ_CRASHPOINT("cons.after_ack");
@@ -536,8 +572,7 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
 {
     uint64_t t, fs, fp;
     memset(st, 0, sizeof *st);
-    while (!fq__load_tail(q, &t, &st->tail_seq, &st->tail_pos, &fs, &fp))
-        fq__cpu_relax();
+    fq__load_tail_bounded(q, &t, &st->tail_seq, &st->tail_pos, &fs, &fp);
     st->floor_seq = fs;
     st->floor_pos = fp;
     if (g < q->max_groups) {

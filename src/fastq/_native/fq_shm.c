@@ -420,6 +420,14 @@ out:
     q->map_size = s.s_total_size;
     q->fd = fd;
     fq__bind(q, &s);
+    if (!fq__check_dynamic(q)) {
+        fq__err("queue control state is inconsistent (tail, floor or group positions out of bounds): "
+                "the file is corrupt");
+        munmap(q->base, q->map_size);
+        q->base = NULL;
+        q->fd = -1;
+        return FQ_ERR_CORRUPT;
+    }
     return FQ_OK;
 }
 
