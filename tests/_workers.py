@@ -167,10 +167,14 @@ def consumer(q, out_path: str, seed: int, timeout: float = 60.0, batch_max: int 
     try:
         done = False
         while not done:
-            if rng.random() < 0.5:
-                items = [q.get(timeout=timeout)]
-            else:
-                items = q.get_many(rng.randrange(1, batch_max + 1), timeout=timeout)
+            try:
+                if rng.random() < 0.5:
+                    items = [q.get(timeout=timeout)]
+                else:
+                    items = q.get_many(rng.randrange(1, batch_max + 1), timeout=timeout)
+            except fastq.CorruptQueueError as e:  # a bug: report it, and go on to see what else
+                bad.append(f"CorruptQueueError from get: {e}")
+                continue
             stops = 0
             for b in items:
                 if b == STOP:

@@ -458,7 +458,7 @@ static void test_stall_order(void)
     FQT_EQ(m[1].seq, sb);
     FQT_CHECK(fqt_verify(m[0].data, 10, 1) && fqt_verify(m[1].data, 20, 2));
     FQT_ST(fq_ack(&b, 0, m, 2), FQ_OK);
-    FQT_EQ(atomic_load(&a.ctrl->c_aborted), 0);
+    FQT_EQ((atomic_load(&a.ctrl->c_aborted) >> 1), 0);
     /* leaving returns leases: b takes, closes; a gets it again (2nd delivery) */
     FQT_ST(fqt_put(&a, 3, 3, NULL), FQ_OK);
     FQT_ST(fq_take(&b, 0, m, 1, 0, &n), FQ_OK);

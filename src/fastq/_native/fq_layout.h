@@ -117,7 +117,16 @@ FQ_STATIC_ASSERT(sizeof(struct fq_super_shm) == 176, "super size");
  *   block  2 (0x100)  c_data_ec       eventcount "a record was committed / returned"
  *   block  3 (0x180)  c_space_ec      eventcount "a gating low-watermark advanced"
  *   block  4 (0x200)  c_done_ec, c_tasks_done    JoinableQueue task_done/join
- *   block  5 (0x280)  c_recovery_owner, c_recovery_gen, c_last_scan_ns, c_aborted, c_recovered
+ *   block  5 (0x280)  c_recovery_owner, c_recovery_gen, c_last_scan_ns, c_aborted, c_recovered,
+ *                     c_abort_seq, c_abort_len, c_member_hwm
+ *
+ * Counting journals (so qsize stays exact whoever dies where): a counter and
+ * its "pending" flag share one word written by a single writer, and the item
+ * being counted is recorded beside it first.  c_aborted is written only by
+ * the recovery-mutex holder: it stores the run (c_abort_seq/len), then
+ * c_aborted|1, writes the gaps, then c_aborted+len with the flag clear.  A
+ * recoverer that takes the mutex over from a dead one and finds the flag set
+ * rewrites that run (idempotent) and completes the count.
  *   block  6 (0x300)  c_durable_seq, c_durable_ec  (segment store, issue 4)
  *   block  7 (0x380)  c_admin_owner, c_groups_epoch (group admin, issue 3)
  *
@@ -152,9 +161,12 @@ struct fq_ctrl_shm {
     _Atomic uint32_t c_recovery_owner;   /* member id + 1 of the recoverer; 0 = free */
     _Atomic uint32_t c_recovery_gen;     /* +1 at every acquisition of the recovery mutex */
     _Atomic uint64_t c_last_scan_ns;     /* CLOCK_MONOTONIC of the last liveness scan */
-    _Atomic uint64_t c_aborted;          /* records turned into gaps by recovery */
+    _Atomic uint64_t c_aborted;          /* (records turned into gaps << 1) | journal pending */
     _Atomic uint64_t c_recovered;        /* dead members recovered */
-    uint8_t c_pad5[FQ_BLOCK - 32];
+    _Atomic uint64_t c_abort_seq;        /* journal: first seq of the gap run being written */
+    _Atomic uint64_t c_abort_len;        /* journal: its length (0 = an R3 abort of c_abort_seq) */
+    _Atomic uint32_t c_member_hwm;       /* 1 + highest member id ever joined (bounds scans) */
+    uint8_t c_pad5[FQ_BLOCK - 52];
     _Atomic uint64_t c_durable_seq;
     _Atomic uint64_t c_durable_ec;
     uint8_t c_pad6[FQ_BLOCK - 16];
@@ -177,7 +189,15 @@ FQ_STATIC_ASSERT(sizeof(struct fq_ctrl_shm) <= FQ_PAGE, "ctrl fits its page");
  *
  *   0 m_state (atom u32) | 4 m_kind | 8 m_pid | 12 m_waiting (atom u32)
  *   16 m_intent (atom u64) | 24 m_heartbeat_ns (atom u64) | 32 m_started_ns
- *   40 m_name[32] | 72 m_puts (atom) | 80 m_gets (atom) | 88 .. 128 reserved
+ *   40 m_name[32] | 72 m_puts (atom) | 80 m_gets (atom) | 88 m_ack_word (atom)
+ *   96 m_ack_seq (atom) | 104 m_group | 108 .. 128 reserved
+ *
+ * m_ack_word: acks are counted per member (single writer, no shared RMW):
+ * store m_ack_seq = s, store word = count<<1 | 1, CAS the lease to ACKED,
+ * store word = (count+1)<<1.  Recovery of a dead member whose word is
+ * pending adds 1 iff the entry of m_ack_seq shows ACKED by this member; then
+ * it moves the count to the group's g_acked.  qsize sums g_acked and the
+ * live members' counts, so it is exact wherever a consumer dies.
  *
  * Liveness is NOT the pid: a member is alive while some open file description
  * holds the OFD write lock on byte FQ_LOCK_BASE + id of the queue file; the
@@ -209,7 +229,10 @@ struct fq_member_shm {
     char m_name[32];
     _Atomic uint64_t m_puts;
     _Atomic uint64_t m_gets;
-    uint8_t m_reserved[40];
+    _Atomic uint64_t m_ack_word;    /* (records acked in m_group << 1) | pending; only this member writes it */
+    _Atomic uint64_t m_ack_seq;     /* journal: the record whose ack is pending */
+    uint32_t m_group;               /* the group this member acks in */
+    uint8_t m_reserved[20];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_intent) == 16, "member layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_name) == 40, "member layout");
@@ -253,7 +276,7 @@ struct fq_group_shm {
     char g_name[64];
     uint8_t g_pad1[FQ_BLOCK - 96];
     _Atomic uint64_t g_low;
-    _Atomic uint64_t g_acked;       /* records finished by ack (qsize) */
+    _Atomic uint64_t g_acked;       /* acks of members that left or died (+ dropped corrupt records) */
     uint8_t g_pad2[FQ_BLOCK - 16];
     _Atomic uint64_t g_dispatch;
     uint8_t g_pad3[FQ_BLOCK - 8];

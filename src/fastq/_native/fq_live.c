@@ -110,12 +110,19 @@ int fq_join(fq_queue *q, uint32_t kind)
         memset(m->m_name, 0, sizeof m->m_name);
         atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_ack_seq, 0, FQ_RELAXED);
+        m->m_group = 0;
         atomic_store_explicit(&m->m_heartbeat_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
         uint32_t exp = FQ_M_FREE;
         if (!atomic_compare_exchange_strong_explicit(&m->m_state, &exp, FQ_M_ALIVE, FQ_ACQREL, FQ_ACQUIRE)) {
             fq__lock_byte(q->lock_fd, i, F_UNLCK);
             continue;
         }
+        uint32_t hwm = atomic_load_explicit(&q->ctrl->c_member_hwm, FQ_RELAXED);
+        while (hwm < i + 1 && !atomic_compare_exchange_weak_explicit(&q->ctrl->c_member_hwm, &hwm, i + 1,
+                                                                     FQ_RELEASE, FQ_RELAXED))
+            ;
         q->member = (int)i;
         q->pid = getpid();
         return FQ_OK;
@@ -156,6 +163,26 @@ static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
     return returned;
 }
 
+/* Move a member's ack count to its group (the member is dead or leaving).
+ * A pending journal entry counts iff its lease shows ACKED by this member. */
+static void fq__retire_acks(fq_queue *q, uint32_t id)
+{
+    struct fq_member_shm *m = &q->members[id];
+    uint64_t word = atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE);
+    uint64_t count = word >> 1;
+    uint32_t g = m->m_group;
+    if (g >= q->max_groups)
+        return;
+    if (word & 1u) {
+        uint64_t seq = atomic_load_explicit(&m->m_ack_seq, FQ_RELAXED);
+        uint64_t w = atomic_load_explicit(&fq__lease(q, g, seq)->l_w, FQ_ACQUIRE);
+        if (fq__lw_is(w, seq) && fq__lw_st(w) == FQ_L_ACKED && fq__lw_owner(w) == id)
+            count++;
+    }
+    atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, count, FQ_SEQCST);
+    atomic_store_explicit(&m->m_ack_word, 0, FQ_RELEASE);
+}
+
 void fq_leave(fq_queue *q)
 {
     if (q->member < 0)
@@ -163,6 +190,7 @@ void fq_leave(fq_queue *q)
     if (q->pid == getpid()) {
         struct fq_member_shm *m = &q->members[q->member];
         uint32_t returned = fq__return_leases(q, (uint32_t)q->member);
+        fq__retire_acks(q, (uint32_t)q->member);
         atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_state, FQ_M_FREE, FQ_RELEASE); /* FREE before unlock: see fq_join */
         if (returned)
@@ -226,6 +254,43 @@ static int fq__covered(const struct fq__intent_rng *r, uint32_t nr, uint64_t s)
     return 0;
 }
 
+/* c_aborted journal (fq_layout.h): only the recovery-mutex holder writes. */
+static uint64_t fq__journal_begin(fq_queue *q, uint64_t seq, uint64_t len)
+{
+    uint64_t word = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE) & ~(uint64_t)1;
+    atomic_store_explicit(&q->ctrl->c_abort_seq, seq, FQ_RELAXED);
+    atomic_store_explicit(&q->ctrl->c_abort_len, len, FQ_RELAXED);
+    atomic_store_explicit(&q->ctrl->c_aborted, word | 1u, FQ_RELEASE);
+    return word;
+}
+
+static void fq__journal_end(fq_queue *q, uint64_t word, uint64_t n)
+{
+    atomic_store_explicit(&q->ctrl->c_aborted, word + (n << 1), FQ_SEQCST);
+}
+
+/* A recoverer died with the journal open: count what it finished (every seq
+ * of its run that already shows ABORTED; seqs still unpublished are found
+ * again by the abort pass and become gaps of their own, zero-length at the
+ * end of the extent the first one took). */
+static void fq__journal_recover(fq_queue *q)
+{
+    uint64_t word = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+    if (!(word & 1u))
+        return;
+    uint64_t seq = atomic_load_explicit(&q->ctrl->c_abort_seq, FQ_RELAXED);
+    uint64_t len = atomic_load_explicit(&q->ctrl->c_abort_len, FQ_RELAXED);
+    uint64_t n = len ? len : 1, done = 0;
+    if (n > q->n_desc)
+        n = 0; /* garbage: count nothing rather than trust it */
+    for (uint64_t v = seq; v - seq < n; v++) {
+        uint64_t cw = atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE);
+        if (fq__cw_published(cw, v) && fq__cw_st(cw) == FQ_D_ABORTED)
+            done++;
+    }
+    fq__journal_end(q, word & ~(uint64_t)1, done);
+}
+
 static void fq__set_gap(fq_queue *q, uint64_t s, uint64_t cw_old, uint64_t start, uint64_t len)
 {
     struct fq_desc_shm *d = fq__desc(q, s);
@@ -268,17 +333,21 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
     while ((int64_t)(ts - s) > 0) {
         struct fq_desc_shm *d = fq__desc(q, s);
         uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
-        if (fq__cw_seq(cw) == (s & FQ_SEQ_MASK)) {
+        if (fq__cw_published(cw, s)) {
             if (fq__cw_st(cw) == FQ_D_WRITING) { /* R3 */
                 uint32_t prod = atomic_load_explicit(&d->d_producer, FQ_RELAXED);
                 uint32_t pst = prod < q->max_members
                                    ? atomic_load_explicit(&q->members[prod].m_state, FQ_ACQUIRE)
                                    : FQ_M_FREE;
-                if (pst != FQ_M_ALIVE &&
-                    atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED), FQ_RELEASE,
-                                                            FQ_RELAXED)) {
-                    atomic_fetch_add_explicit(&q->ctrl->c_aborted, 1, FQ_SEQCST);
-                    aborted++;
+                if (pst != FQ_M_ALIVE) {
+                    uint64_t word = fq__journal_begin(q, s, 0);
+                    if (atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED),
+                                                                FQ_RELEASE, FQ_RELAXED)) {
+                        fq__journal_end(q, word, 1);
+                        aborted++;
+                    } else {
+                        fq__journal_end(q, word, 0);
+                    }
                 }
             }
             s++;
@@ -290,7 +359,7 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
             continue;
         }
         cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
-        if (fq__cw_seq(cw) == (s & FQ_SEQ_MASK))
+        if (fq__cw_published(cw, s))
             continue; /* published meanwhile: look again */
         /* dead run [s, u) */
         uint64_t start;
@@ -306,7 +375,7 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
         int give_up = 0;
         while ((int64_t)(ts - u) > 0) {
             uint64_t cu = atomic_load_explicit(&fq__desc(q, u)->d_cw, FQ_ACQUIRE);
-            if (fq__cw_seq(cu) == (u & FQ_SEQ_MASK))
+            if (fq__cw_published(cu, u))
                 break;
             if (fq__covered(live, nl, u)) {
                 give_up = 1; /* a live claim inside: its start is unknown yet */
@@ -322,11 +391,12 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
             end = atomic_load_explicit(&fq__desc(q, u)->d_ext_start, FQ_RELAXED);
         if ((int64_t)(end - start) < 0 || end - start > q->cap)
             break; /* inconsistent: leave it for a later scan */
+        uint64_t word = fq__journal_begin(q, s, u - s);
         FQ_CRASHPOINT("rec.before_gap");
         fq__set_gap(q, s, cw, start, end - start);
         for (uint64_t v = s + 1; v != u; v++)
             fq__set_gap(q, v, atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE), end, 0);
-        atomic_fetch_add_explicit(&q->ctrl->c_aborted, u - s, FQ_SEQCST);
+        fq__journal_end(q, word, u - s);
         aborted += u - s;
         s = u;
     }
@@ -360,6 +430,7 @@ int fq_maintain(fq_queue *q, int force)
     atomic_store_explicit(&q->members[q->member].m_heartbeat_ns, (uint64_t)now, FQ_RELAXED);
     if (!fq__recovery_lock(q))
         return 0;
+    fq__journal_recover(q);
     /* R1 */
     uint32_t ndead = 0;
     for (uint32_t i = 0; i < q->max_members; i++) {
@@ -383,6 +454,8 @@ int fq_maintain(fq_queue *q, int force)
             continue;
         returned += fq__return_leases(q, i); /* R4 */
         fq__uncount_waiters(q, m);           /* R5 */
+        fq__retire_acks(q, i);               /* R5: counts survive the member */
+        FQ_CRASHPOINT("rec.after_retire");
         atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
         FQ_CRASHPOINT("rec.before_free");
         atomic_store_explicit(&m->m_state, FQ_M_FREE, FQ_RELEASE);

@@ -51,6 +51,11 @@ static inline uint64_t fq__tail_pos(uint64_t t, uint64_t floor_pos)
 static inline uint64_t fq__cw(uint64_t seq, unsigned st) { return (seq << 3) | st; }
 static inline uint64_t fq__cw_seq(uint64_t cw) { return cw >> 3; }
 static inline unsigned fq__cw_st(uint64_t cw) { return (unsigned)(cw & 7u); }
+/* d_cw describes seq (an all-zero descriptor is NOT a published seq 0). */
+static inline int fq__cw_published(uint64_t cw, uint64_t seq)
+{
+    return fq__cw_seq(cw) == (seq & ((((uint64_t)1) << 61) - 1)) && fq__cw_st(cw) != FQ_D_EMPTY;
+}
 #define FQ_SEQ_MASK ((((uint64_t)1) << 61) - 1)
 
 /* ---- lease word: tag40 | deliveries8 | owner13 | state3 ---- */
@@ -110,6 +115,8 @@ int fq__take_ready(fq_queue *q, uint32_t g);
 int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes);
 int fq__refresh_floor(fq_queue *q);
 int fq__check_dynamic(fq_queue *q);
+uint64_t fq__aborted(fq_queue *q);
+uint64_t fq__acked(fq_queue *q, uint32_t g);
 void fq__advance_low(fq_queue *q, uint32_t g);
 uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok);
 int fq__probe_lock(fq_queue *q, uint32_t id);

@@ -411,15 +411,15 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
                 break; /* window full: back-pressure (prefetch limit) */
         }
         uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_ACQUIRE); /* C1 */
-        if (fq__cw_seq(cw) != (s & FQ_SEQ_MASK)) {
+        if (!fq__cw_published(cw, s)) {
             /* Not yet published for s: either nothing claimed there (empty)
              * or a claim in flight (or dead: recovery R2 turns it into a gap). */
             stalled = (int64_t)(fq_tail_seq(q) - s) > 0;
             break;
         }
         unsigned st = fq__cw_st(cw);
-        if (st != FQ_D_COMMITTED && st != FQ_D_ABORTED) {
-            stalled = st == FQ_D_WRITING;
+        if (st == FQ_D_WRITING) {
+            stalled = 1;
             break;
         }
         struct fq_lease_shm *L = fq__lease(q, g, s);
@@ -515,30 +515,65 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
     if (q->member < 0 || g >= q->max_groups)
         return FQ_ERR_INVAL;
     unsigned me = (unsigned)q->member;
+    struct fq_member_shm *m = &q->members[me];
+    /* The ack journal (fq_layout.h, m_ack_word): only this member writes its
+     * word, so plain stores; release so a recoverer reading the word sees
+     * m_ack_seq.  A crash anywhere leaves the count exactly recoverable. */
+    uint64_t count = atomic_load_explicit(&m->m_ack_word, FQ_RELAXED) >> 1;
+    int counts = m->m_group == g;
     uint32_t lost = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = msgs[i].seq;
         struct fq_lease_shm *L = fq__lease(q, g, seq);
         uint64_t w = fq__lw(seq, msgs[i].deliveries, me, FQ_L_LEASED);
+        if (counts) {
+            atomic_store_explicit(&m->m_ack_seq, seq, FQ_RELAXED);
+            atomic_store_explicit(&m->m_ack_word, count << 1 | 1u, FQ_RELEASE);
+        }
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w,
                                                      fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED), FQ_SEQCST,
-                                                     FQ_RELAXED)) /* C3 (release + seq_cst: see C4) */
+                                                     FQ_RELAXED)) { /* C3 (release + seq_cst: see C4) */
             lost++;
+            continue;
+        }
+        FQ_CRASHPOINT("cons.after_ack");
+        if (counts)
+            atomic_store_explicit(&m->m_ack_word, ++count << 1, FQ_RELEASE);
+        else
+            atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, 1, FQ_RELAXED);
     }
-    FQ_CRASHPOINT("cons.after_ack");
-    if (n > lost)
-        atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, n - lost, FQ_RELAXED);
+    if (counts)
+        atomic_store_explicit(&m->m_ack_word, count << 1, FQ_RELEASE);
     fq__advance_low(q, g);
     return lost ? FQ_ERR_LOST : FQ_OK;
 }
 
 /* ------------------------------------------------------------------------ */
 
+/* Records finished by ack in group g: the group's retired count plus every
+ * member's own count (read lock-free; exact when no ack is in flight). */
+uint64_t fq__acked(fq_queue *q, uint32_t g)
+{
+    uint64_t acked = atomic_load_explicit(&fq__group(q, g)->g_acked, FQ_ACQUIRE);
+    uint32_t hwm = atomic_load_explicit(&q->ctrl->c_member_hwm, FQ_ACQUIRE);
+    if (hwm > q->max_members)
+        hwm = q->max_members;
+    for (uint32_t i = 0; i < hwm; i++) {
+        struct fq_member_shm *m = &q->members[i];
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_FREE || m->m_group != g)
+            continue;
+        acked += atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1;
+    }
+    return acked;
+}
+
+uint64_t fq__aborted(fq_queue *q) { return atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE) >> 1; }
+
 uint64_t fq_qsize(fq_queue *q, uint32_t g)
 {
     struct fq_group_shm *G = fq__group(q, g);
-    uint64_t acked = atomic_load_explicit(&G->g_acked, FQ_ACQUIRE);
-    uint64_t aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+    uint64_t acked = fq__acked(q, g);
+    uint64_t aborted = fq__aborted(q);
     uint64_t ts = fq_tail_seq(q);
     uint64_t used = ts - G->g_start_seq;
     uint64_t gone = acked + aborted;
@@ -548,7 +583,7 @@ uint64_t fq_qsize(fq_queue *q, uint32_t g)
 uint64_t fq_unfinished(fq_queue *q)
 {
     uint64_t done = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_ACQUIRE);
-    uint64_t aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+    uint64_t aborted = fq__aborted(q);
     uint64_t ts = fq_tail_seq(q);
     uint64_t used = ts - q->base_seq;
     return used > done + aborted ? used - done - aborted : 0;
@@ -558,7 +593,7 @@ int fq_task_done(fq_queue *q, uint64_t n)
 {
     uint64_t d = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_RELAXED);
     for (;;) {
-        uint64_t total = fq_tail_seq(q) - q->base_seq - atomic_load_explicit(&q->ctrl->c_aborted, FQ_ACQUIRE);
+        uint64_t total = fq_tail_seq(q) - q->base_seq - fq__aborted(q);
         if (d + n > total)
             return FQ_ERR_INVAL; /* more task_done() than items put */
         if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_tasks_done, &d, d + n, FQ_SEQCST, FQ_RELAXED))
@@ -579,13 +614,13 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
         struct fq_group_shm *G = fq__group(q, g);
         st->low = atomic_load_explicit(&G->g_low, FQ_RELAXED);
         st->dispatch = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
-        st->acked = atomic_load_explicit(&G->g_acked, FQ_RELAXED);
+        st->acked = fq__acked(q, g);
         st->delivered = atomic_load_explicit(&G->g_delivered, FQ_RELAXED);
         st->redelivered = atomic_load_explicit(&G->g_redelivered, FQ_RELAXED);
         st->dead = atomic_load_explicit(&G->g_dead, FQ_RELAXED);
         st->retry_pending = atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED);
     }
-    st->aborted = atomic_load_explicit(&q->ctrl->c_aborted, FQ_RELAXED);
+    st->aborted = fq__aborted(q);
     st->recovered = atomic_load_explicit(&q->ctrl->c_recovered, FQ_RELAXED);
     st->tasks_done = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_RELAXED);
     st->data_waiters = (uint32_t)atomic_load_explicit(&q->ctrl->c_data_ec, FQ_RELAXED);
