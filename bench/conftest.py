@@ -15,9 +15,22 @@ import pytest
 pytest.importorskip("pytest_benchmark")
 
 _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if os.path.isdir(_SRC) and _SRC not in sys.path:
-    # in-place build (python setup.py build_ext --inplace) without pip install -e;
-    # spawned children inherit sys.path from this process
+
+
+def _fastq_usable() -> bool:
+    try:
+        import fastq
+    except Exception:  # noqa: BLE001 - not installed / not built
+        return False
+    return hasattr(fastq, "Queue")
+
+
+# Prefer an installed fastq (pip install . / -e .: what CI does).  Only when none
+# works, fall back to an in-place build in src/ (python setup.py build_ext
+# --inplace); spawned children inherit sys.path from this process.
+if not _fastq_usable() and os.path.isdir(_SRC) and _SRC not in sys.path:
+    for _mod in [m for m in sys.modules if m == "fastq" or m.startswith("fastq.")]:
+        del sys.modules[_mod]
     sys.path.insert(0, _SRC)
 
 

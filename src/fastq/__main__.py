@@ -7,6 +7,10 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":  # the runner parses its own options
+        from ._bench import main as bench_main
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastq", description="fastq: shared-memory queues for Python")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="a producer and worker processes sharing a queue, verified end to end")
@@ -15,8 +19,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("--size", type=int, default=64, help="payload bytes per message (default 64, >= 16)")
     d.add_argument("--batch", type=int, default=256, help="messages per put_many/get_many (1 = single calls)")
     d.add_argument("--name", default=None, help="use a named queue (default: anonymous)")
-    b = sub.add_parser("bench", help="side-by-side comparison with multiprocessing.Queue, faster-fifo, pyzmq")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark runner (see --help)")
+    sub.add_parser("bench", help="side-by-side comparison with multiprocessing.Queue, faster-fifo, pyzmq "
+                   "(python -m fastq bench --help)")
     u = sub.add_parser("unlink", help="remove a named shared-memory queue")
     u.add_argument("name")
     args = parser.parse_args(argv)
@@ -24,9 +28,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "demo":
             from ._demo import run_demo
             return run_demo(args.messages, args.workers, args.size, args.batch, args.name)
-        if args.cmd == "bench":
-            from ._bench import main as bench_main
-            return bench_main(args.args)
         if args.cmd == "unlink":
             from .queue import unlink
             unlink(args.name)

@@ -497,7 +497,7 @@ def _consumer(ep: Endpoint, payload: bytes, sc: Scenario, index: int, barrier, f
             b = get_batch()
             if first and len(b[0]) != 1:
                 first = False
-                bad += (b[0] != payload) + (b[-1] != payload)
+                bad += (b[0] != payload) + (len(b[-1]) != 1 and b[-1] != payload)
             if len(b[-1]) == 1 or len(b[0]) == 1:  # contains end marker(s): slow path
                 for m in b:
                     if len(m) == 1:

@@ -39,14 +39,19 @@
 
 #include "fq_pvt.h"
 
+static void fq__flock_byte(struct flock *fl, uint32_t id, short type)
+{
+    memset(fl, 0, sizeof *fl);
+    fl->l_type = type;
+    fl->l_whence = SEEK_SET;
+    fl->l_start = FQ_LOCK_BASE + (off_t)id;
+    fl->l_len = 1;
+}
+
 static int fq__lock_byte(int fd, uint32_t id, short type)
 {
     struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = type;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = FQ_LOCK_BASE + (off_t)id;
-    fl.l_len = 1;
+    fq__flock_byte(&fl, id, type);
     return fcntl(fd, F_OFD_SETLK, &fl);
 }
 
@@ -54,11 +59,7 @@ static int fq__lock_byte(int fd, uint32_t id, short type)
 int fq__probe_lock(fq_queue *q, uint32_t id)
 {
     struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = FQ_LOCK_BASE + (off_t)id;
-    fl.l_len = 1;
+    fq__flock_byte(&fl, id, F_WRLCK);
     if (fcntl(q->fd, F_OFD_GETLK, &fl) != 0)
         return -1;
     return fl.l_type != F_UNLCK;

@@ -110,7 +110,10 @@ int fq__check_dynamic(fq_queue *q)
 
 /* ext_end(seq): byte position just after record seq's extent.  Validated
  * seqlock-style: the descriptor must show seq before and after the field
- * reads, else it was recycled (*ok = 0). */
+ * reads, else it was recycled (*ok = 0).  The writer side is P2a in
+ * fq_claim (invalidate d_cw, release fence, then the fields): without it a
+ * reader could combine the old d_cw with the next lap's fields and push the
+ * floor past records still in use. */
 uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok)
 {
     struct fq_desc_shm *d = fq__desc(q, seq);
@@ -236,6 +239,12 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         uint64_t off = pos & q->cap_mask;
         uint32_t fo = (off + fb > q->cap) ? (uint32_t)(q->cap - off) : 0u;
         struct fq_desc_shm *d = fq__desc(q, seq);
+        /* P2a (seqlock writer): mark the slot as seq-not-yet-published BEFORE
+         * overwriting the previous lap's fields; the release fence pairs with
+         * the acquire fence of fq__pos_after, so a reader that saw any new
+         * field value sees d_cw changed and discards what it read. */
+        atomic_store_explicit(&d->d_cw, fq__cw(seq, FQ_D_EMPTY), FQ_RELAXED);
+        atomic_thread_fence(FQ_RELEASE);
         atomic_store_explicit(&d->d_ext_start, pos, FQ_RELAXED);
         atomic_store_explicit(&d->d_ext_len, (uint32_t)(fo + fb), FQ_RELAXED);
         atomic_store_explicit(&d->d_frame_off, fo, FQ_RELAXED);
