@@ -1053,7 +1053,7 @@ def _parse(argv):
                    help="seconds of timed traffic per cell (overrides --quick)")
     p.add_argument("--scenarios", default="",
                    help="comma-separated subset: " + ", ".join(s.name for s in SCENARIOS)
-                   + " (aliases: single, batched, 64k, pingpong, 2x2, threads)")
+                   + ", numpy (aliases: single, batched, 64k, pingpong, 2x2, threads)")
     p.add_argument("--impls", default="",
                    help="comma-separated subset of: " + ", ".join(ADAPTERS))
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is reported")
@@ -1069,6 +1069,48 @@ def _parse(argv):
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--list", action="store_true", help="list scenarios and implementations")
     return p.parse_args(argv)
+
+
+def _numpy_producer(q, rows: int, duration: float, ready, go) -> None:
+    import numpy as np
+    block = np.arange(rows * 2, dtype=np.uint64).reshape(rows, 2)   # 16-byte records
+    ready.set()
+    go.wait(30)
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        q.put_many(block)
+    q.put(b"E")  # a record of another size ends the stream
+
+
+def numpy_cell(duration: float = DEFAULT_DURATION, capacity: int = 256 << 20, rows: int = 65536) -> dict:
+    """fastq only: 16-byte records between two spawned processes with
+    put_many(ndarray) / get_array (no Python object per record)."""
+    import numpy as np
+    from .queue import Queue
+    ctx = multiprocessing.get_context("spawn")
+    q = Queue(capacity=capacity, serializer=None)
+    ready, go = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_numpy_producer, args=(q, rows, duration, ready, go), daemon=True)
+    try:
+        p.start()
+        if not ready.wait(60):
+            return {"status": "error", "error": "producer did not start"}
+        dt_rec = np.dtype((np.uint64, 2))
+        go.set()
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + duration + 30
+        while time.perf_counter() < deadline:
+            try:
+                n += len(q.get_array(dt_rec, max_messages=rows, timeout=10))
+            except ValueError:  # the end marker
+                q.get(timeout=1)
+                break
+        dt = time.perf_counter() - t0
+        return {"status": "ok", "records": n, "rate": n / dt, "seconds": dt}
+    finally:
+        _reap([p])
+        q.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1087,9 +1129,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if duration <= 0 or args.repeat < 1 or args.capacity <= 0:
         print("error: --duration, --repeat and --capacity must be positive", file=sys.stderr)
         return 2
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    want_numpy = not names or "numpy" in names
+    names = [n for n in names if n != "numpy"]
     try:
-        scenarios = ([scenario_by_name(s) for s in args.scenarios.split(",") if s.strip()]
-                     or list(SCENARIOS))
+        scenarios = ([scenario_by_name(s) for s in names]
+                     or ([] if want_numpy and args.scenarios else list(SCENARIOS)))
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
@@ -1158,6 +1203,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("batched = " + "; ".join(batch_notes))
     print()
     print(format_table(rows))
+    np_result = None
+    if "fastq" in usable and want_numpy:
+        try:
+            import numpy  # noqa: F401
+            np_result = numpy_cell(duration)
+            if np_result["status"] == "ok":
+                print(f"\nnumpy 1x1    fastq put_many(ndarray) / get_array, 16-byte records: "
+                      f"{np_result['rate'] / 1e6:.1f} M records/s ({np_result['rate'] * 16 / 1e6:,.0f} MB/s)")
+            else:
+                failures.append(f"numpy / fastq: {np_result.get('error')}")
+        except ImportError:
+            print("\nnumpy 1x1    skipped: numpy is not installed", file=sys.stderr)
     if failures:
         print("\nFAILED cells:")
         for f in failures:
@@ -1169,7 +1226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "wait_quiet": args.wait_quiet, "rerun_noisy": args.rerun_noisy,
                           "scenarios": [sc._asdict() for sc in scenarios],
                           "skipped": notes},
-               "results": rows}
+               "results": rows, "numpy": np_result}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
         print(f"\nraw results written to {args.json}")

@@ -368,13 +368,19 @@ FQ_STATIC_ASSERT(sizeof(struct fq_lease_shm) == 16, "lease size");
  *   0 f_len (u32: header + payload) | 4 f_crc (u32, CRC32C or 0) | 8 f_seq (u64)
  *   16 f_ts_ns (i64, CLOCK_REALTIME) | 24 f_flags (u16) | 26 f_version (u16) | 28 f_type (u32)
  *
- * Written by the producer between WRITING and COMMITTED (plain stores,
- * published by the release store of d_cw); read by a consumer only while it
+ * Written by the producer between WRITING and COMMITTED (plain stores, then
+ * f_flags |= COMMITTED with release, published again by the release store of
+ * d_cw); read by a consumer only while it
  * holds a lease on f_seq (so the bytes cannot be reclaimed under it), after
  * checking f_len == d_frame_len and f_seq == seq.
  * ------------------------------------------------------------------------ */
 #define FQ_FRAME_VERSION 1u
 #define FQ_FR_DATA 0x1u
+/* f_flags bit 15: the frame is complete.  The producer stores f_flags with
+ * this bit LAST (release, P4a), just before d_cw = COMMITTED, so a frame is
+ * self-describing without its descriptor: the segment store reads frames by
+ * header alone (DESIGN.md §2), and a ring consumer checks it too. */
+#define FQ_FR_COMMITTED 0x8000u
 struct fq_frame_hdr {
     uint32_t f_len;
     uint32_t f_crc;

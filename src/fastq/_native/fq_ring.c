@@ -257,7 +257,7 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         h->f_crc = 0;
         h->f_seq = seq;
         h->f_ts_ns = now;
-        h->f_flags = FQ_FR_DATA;
+        __atomic_store_n(&h->f_flags, (uint16_t)FQ_FR_DATA, __ATOMIC_RELAXED);
         h->f_version = FQ_FRAME_VERSION;
         h->f_type = 0;
         pos += fo + fb;
@@ -268,18 +268,24 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
     return FQ_OK;
 }
 
-/* Payload address of a record this handle claimed and has not committed. */
-uint8_t *fq_payload(fq_queue *q, uint64_t seq)
+/* Frame of a record this handle claimed and has not committed (fields are ours). */
+static inline struct fq_frame_hdr *fq__own_frame(fq_queue *q, uint64_t seq)
 {
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
                    atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
-    return q->arena + (pos & q->cap_mask) + FQ_FRAME_HDR;
+    return (struct fq_frame_hdr *)(q->arena + (pos & q->cap_mask));
 }
+
+uint8_t *fq_payload(fq_queue *q, uint64_t seq) { return (uint8_t *)fq__own_frame(q, seq) + FQ_FRAME_HDR; }
 
 void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n)
 {
     FQ_CRASHPOINT("prod.before_commit");
+    /* P4a: the frame's own commit mark, written last in the frame (release). */
+    for (uint32_t i = 0; i < n; i++)
+        __atomic_store_n(&fq__own_frame(q, first_seq + i)->f_flags, (uint16_t)(FQ_FR_DATA | FQ_FR_COMMITTED),
+                         __ATOMIC_RELEASE);
     for (uint32_t i = 0; i + 1 < n; i++)
         atomic_store_explicit(&fq__desc(q, first_seq + i)->d_cw, fq__cw(first_seq + i, FQ_D_COMMITTED),
                               FQ_RELEASE); /* P4 */
@@ -307,7 +313,8 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     if (off + fl > q->cap || (off & 7u))
         return 0;
     const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)(q->arena + off);
-    if (h->f_len != fl || h->f_seq != seq)
+    if (h->f_len != fl || h->f_seq != seq ||
+        !(__atomic_load_n(&h->f_flags, __ATOMIC_ACQUIRE) & FQ_FR_COMMITTED))
         return 0;
     m->seq = seq;
     m->data = q->arena + off + FQ_FRAME_HDR;
