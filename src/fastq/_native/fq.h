@@ -39,6 +39,9 @@ typedef enum fq_status {
     FQ_ERR_MEMBERS = -10, /* member table full */
     FQ_ERR_LOST = -11,   /* lease lost (expired or recovered) */
     FQ_ERR_SIZE = -12,   /* next record has another size than asked for */
+    FQ_ERR_CONFLICT = -13, /* a group exists with other settings */
+    FQ_ERR_GROUPS = -14, /* group table full */
+    FQ_ERR_RANGE = -15,  /* offset outside what the ring holds */
 } fq_status;
 
 typedef struct fq_params {
@@ -48,7 +51,21 @@ typedef struct fq_params {
     uint32_t window;        /* lease window per group; 0 = derived */
     uint32_t max_members;   /* 0 = 256 */
     uint32_t max_groups;    /* 0 = 1 */
+    uint32_t flags;         /* FQ_P_* */
 } fq_params;
+#define FQ_P_NO_QUEUE_GROUP 0x1u  /* a log: no implicit group 0 (groups are created by name) */
+
+/* Consumer group settings (fq_group_open). */
+enum { FQ_START_EARLIEST = 0, FQ_START_LATEST = 1, FQ_START_SEQ = 2 };
+typedef struct fq_group_cfg {
+    const char *name;           /* 1..63 bytes */
+    uint32_t window;            /* in-flight bound (prefetch); 0 = 1024; rounded up to 2^k, <= window_max */
+    uint32_t max_deliveries;    /* 0 = unlimited, else <= 254 */
+    uint32_t visibility_ms;     /* lease duration; 0 = leases never expire */
+    uint32_t start;             /* FQ_START_*; only used when the group is created */
+    uint64_t start_seq;
+    const char *dlq;            /* dead-letter queue name, NULL/"" = none */
+} fq_group_cfg;
 
 /* Process-local handle. */
 typedef struct fq_queue {
@@ -85,7 +102,10 @@ typedef struct fq_msg {
     uint32_t len;
     uint32_t deliveries;
     int64_t ts_ns;
+    uint32_t flags;         /* FQ_MSG_DEADLETTER: over max_deliveries, dead-letter it then fq_dead */
+    uint32_t reserved;
 } fq_msg;
+#define FQ_MSG_DEADLETTER 0x1u
 
 /* lifecycle (fq_shm.c) */
 int fq_name_valid(const char *name);
@@ -112,6 +132,14 @@ uint64_t fq_frame_bytes(uint32_t len);  /* arena bytes of one record, header inc
  * first one); that record is not leased. */
 int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out);
 int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);
+int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);   /* finish as dead-lettered */
+
+/* groups (fq_group.c) */
+int fq_group_open(fq_queue *q, const fq_group_cfg *cfg, uint32_t *g_out, int *created);
+int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out);
+int fq_group_delete(fq_queue *q, const char *name);
+int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns);
+int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms);
 
 /* A lock-free snapshot for monitoring (fields read independently, relaxed). */
 typedef struct fq_stats {

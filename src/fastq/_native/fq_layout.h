@@ -128,7 +128,7 @@ FQ_STATIC_ASSERT(sizeof(struct fq_super_shm) == 176, "super size");
  * recoverer that takes the mutex over from a dead one and finds the flag set
  * rewrites that run (idempotent) and completes the count.
  *   block  6 (0x300)  c_durable_seq, c_durable_ec  (segment store, issue 4)
- *   block  7 (0x380)  c_admin_owner, c_groups_epoch (group admin, issue 3)
+ *   block  7 (0x380)  c_admin_owner, c_groups_epoch, c_floor_proposal (group admin)
  *
  * c_tail: producers CAS it; full 64-bit seq/pos are rebuilt with serial-number
  * arithmetic against the floor (DPDK modulo-2^32 indexes):
@@ -170,9 +170,10 @@ struct fq_ctrl_shm {
     _Atomic uint64_t c_durable_seq;
     _Atomic uint64_t c_durable_ec;
     uint8_t c_pad6[FQ_BLOCK - 16];
-    _Atomic uint32_t c_admin_owner;
-    _Atomic uint32_t c_groups_epoch;
-    uint8_t c_pad7[FQ_BLOCK - 8];
+    _Atomic uint32_t c_admin_owner;      /* member id + 1 of the group admin; 0 = free */
+    _Atomic uint32_t c_groups_epoch;     /* +1 at every group create/delete */
+    _Atomic uint64_t c_floor_proposal;   /* F0: the highest floor any refresher proposed */
+    uint8_t c_pad7[FQ_BLOCK - 16];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_floor_seq) == 1 * FQ_BLOCK, "ctrl layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_ctrl_shm, c_data_ec) == 2 * FQ_BLOCK, "ctrl layout");
@@ -251,9 +252,17 @@ FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
  *                    g_visibility_ms, g_start_seq, g_name[64]   (config)
  *   block 1 (0x080)  g_low, g_acked        written by ackers
  *   block 2 (0x100)  g_dispatch            written by takers (a hint)
- *   block 3 (0x180)  g_retry_pending, g_ec  written by recoverers/nack
- *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead
- *   0x280 .. 0x400   reserved (dead-letter target, retry policy: issue 3)
+ *   block 3 (0x180)  g_retry_pending, g_ec, g_next_deadline, g_gen  (nack, expiry, recovery)
+ *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead, nacked
+ *   0x280            g_dlq[64]: dead-letter queue name
+ *   0x2C0 .. 0x400   reserved
+ *
+ * Config fields (block 0, g_dlq) are written by the creator under the admin
+ * mutex before g_state = ACTIVE (seq_cst) and never change while ACTIVE.
+ * g_next_deadline: a lower bound of the earliest instant at which some
+ * entry becomes takeable again (a lease expires, a nack delay ends); takers
+ * scan the window only once it has passed, then raise it to the earliest
+ * deadline they saw (only replacing a value that had passed).
  *
  * Invariants: every seq < g_low is terminal in this group (ACKED, DEAD or
  * SKIPPED) — g_low only grows (CAS-max) and only over terminal entries.
@@ -282,13 +291,17 @@ struct fq_group_shm {
     uint8_t g_pad3[FQ_BLOCK - 8];
     _Atomic int64_t g_retry_pending;
     _Atomic uint64_t g_ec;
-    uint8_t g_pad4[FQ_BLOCK - 16];
+    _Atomic uint64_t g_next_deadline;  /* <= every LEASED deadline / RETRY not-before (CAS-min) */
+    _Atomic uint32_t g_gen;            /* +1 at every create of this slot: stale handles notice */
+    uint8_t g_pad4[FQ_BLOCK - 28];
     _Atomic uint64_t g_delivered;
     _Atomic uint64_t g_redelivered;
     _Atomic uint64_t g_expired;
     _Atomic uint64_t g_dead;
-    uint8_t g_pad5[FQ_BLOCK - 32];
-    uint8_t g_reserved[3 * FQ_BLOCK];
+    _Atomic uint64_t g_nacked;
+    uint8_t g_pad5[FQ_BLOCK - 40];
+    char g_dlq[64];                    /* dead-letter target (a queue name), "" = none */
+    uint8_t g_reserved[3 * FQ_BLOCK - 64];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_low) == 1 * FQ_BLOCK, "group layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_dispatch) == 2 * FQ_BLOCK, "group layout");

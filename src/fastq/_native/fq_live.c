@@ -143,8 +143,8 @@ static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
         struct fq_group_shm *G = fq__group(q, g);
         if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
             continue;
-        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
-        for (uint64_t s = low; (int64_t)(ts - s) > 0 && s - low < q->window; s++) {
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE), W = fq__gw(q, g);
+        for (uint64_t s = low; (int64_t)(ts - s) > 0 && s - low < W; s++) {
             struct fq_lease_shm *L = fq__lease(q, g, s);
             uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
             if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_LEASED || fq__lw_owner(w) != id)
@@ -154,6 +154,7 @@ static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
             if (atomic_compare_exchange_strong_explicit(&L->l_w, &w,
                                                         fq__lw(s, fq__lw_deliv(w), FQ_OWNER_NONE, FQ_L_RETRY),
                                                         FQ_ACQREL, FQ_RELAXED)) {
+                fq__cas_min(&G->g_next_deadline, (uint64_t)now); /* takers scan for it now */
                 returned++;
                 FQ_CRASHPOINT("rec.mid_leases");
             } else {
@@ -232,7 +233,7 @@ static int fq__recovery_lock(fq_queue *q)
             break;
     }
     /* seq_cst: a taker that reads the old generation after its scan knows no
-     * recovery overlapped it (fq__take_retries). */
+     * recovery overlapped it (fq__take_due). */
     atomic_fetch_add_explicit(&q->ctrl->c_recovery_gen, 1, FQ_SEQCST);
     return 1;
 }

@@ -89,11 +89,18 @@ static inline struct fq_desc_shm *fq__desc(fq_queue *q, uint64_t seq)
 {
     return &q->desc[seq & q->desc_mask];
 }
+static inline struct fq_group_shm *fq__group(fq_queue *q, uint32_t g) { return &q->groups[g]; }
+/* Lease window of group g: 2^g_window_log2 entries, clamped to the validated
+ * window_max (a hostile value can shrink a window, never overrun it). */
+static inline uint64_t fq__gw(fq_queue *q, uint32_t g)
+{
+    uint32_t l = fq__group(q, g)->g_window_log2;
+    return (l < 32 && ((uint64_t)1 << l) <= q->window) ? (uint64_t)1 << l : q->window;
+}
 static inline struct fq_lease_shm *fq__lease(fq_queue *q, uint32_t g, uint64_t seq)
 {
-    return &q->windows[(uint64_t)g * q->window + (seq & q->window_mask)];
+    return &q->windows[(uint64_t)g * q->window + (seq & (fq__gw(q, g) - 1))];
 }
-static inline struct fq_group_shm *fq__group(fq_queue *q, uint32_t g) { return &q->groups[g]; }
 
 /* ---- eventcounts (folly EventCount layout): epoch (high 32) | waiters (low 32) ---- */
 static inline void fq__ec_notify(_Atomic uint64_t *ec);
@@ -113,8 +120,11 @@ static inline void fq__ec_notify(_Atomic uint64_t *ec) { fq__ec_wake(ec); }
 /* internal functions across files */
 int fq__take_ready(fq_queue *q, uint32_t g);
 int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes);
-int fq__refresh_floor(fq_queue *q);
+int fq__refresh_floor(fq_queue *q, uint64_t need_seq, uint64_t need_pos);
+void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo);
+void fq__cas_min(_Atomic uint64_t *a, uint64_t v);
 int fq__check_dynamic(fq_queue *q);
+void fq__set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t fq__aborted(fq_queue *q);
 uint64_t fq__acked(fq_queue *q, uint32_t g);
 void fq__advance_low(fq_queue *q, uint32_t g);

@@ -132,43 +132,90 @@ uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok)
     return es + el;
 }
 
-static inline void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo)
+void fq__cas_min(_Atomic uint64_t *a, uint64_t v)
+{
+    uint64_t cur = atomic_load_explicit(a, FQ_RELAXED);
+    while ((int64_t)(v - cur) < 0 && !atomic_compare_exchange_weak_explicit(a, &cur, v, FQ_ACQREL, FQ_RELAXED))
+        ;
+}
+
+void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo)
 {
     uint64_t cur = atomic_load_explicit(a, FQ_RELAXED);
     while ((int64_t)(v - cur) > 0 && !atomic_compare_exchange_weak_explicit(a, &cur, v, mo, FQ_RELAXED))
         ;
 }
 
-/* Recompute the floor = min over gating groups of g_low and its byte position.
- * Returns 1 if the floor moved (or may have: caller retries), 0 if not. */
-int fq__refresh_floor(fq_queue *q)
+/* Lowest g_low over ACTIVE gating groups (seq_cst: F1); *any = 0 if none. */
+static uint64_t fq__min_low(fq_queue *q, uint64_t L, int *any)
 {
-    uint64_t t, ts, tp, fs, fp;
-    if (!fq__load_tail_bounded(q, &t, &ts, &tp, &fs, &fp))
-        return 0;
-    uint64_t L = ts;
+    *any = 0;
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
-        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE || !(G->g_flags & FQ_G_GATING))
+        if (atomic_load_explicit(&G->g_state, FQ_SEQCST) != FQ_G_ACTIVE || !(G->g_flags & FQ_G_GATING))
             continue;
+        *any = 1;
         uint64_t low = atomic_load_explicit(&G->g_low, FQ_SEQCST); /* F1 */
         if ((int64_t)(low - L) < 0)
             L = low;
     }
-    if ((int64_t)(L - fs) <= 0)
+    return L;
+}
+
+/* Recompute the floor and its byte position.  With gating groups the floor
+ * is the lowest g_low.  With none (a log nobody subscribes to yet) it moves
+ * only as far as this claim needs (need_seq, need_pos): the oldest records
+ * are overwritten first, so a group created later with start="earliest"
+ * still finds what the ring holds.  Never past a record still being written.
+ *
+ * Two phases (F0): the candidate is first published in c_floor_proposal
+ * (CAS-max, seq_cst), then the group table is read again; a group created
+ * meanwhile either shows up in that second read (then we retry and respect
+ * it) or its creator sees the proposal (fq_group_open clamps its start to
+ * it).  Only then is the floor itself moved (F2: seq first, then position;
+ * each is an independent lower bound).
+ * Returns 1 if the floor moved (or may have: caller retries), 0 if not. */
+int fq__refresh_floor(fq_queue *q, uint64_t need_seq, uint64_t need_pos)
+{
+    uint64_t t, ts, tp, fs, fp, P;
+    if (!fq__load_tail_bounded(q, &t, &ts, &tp, &fs, &fp))
         return 0;
-    uint64_t P;
-    if (L == ts) {
-        P = tp;
+    int any;
+    uint64_t L = fq__min_low(q, ts, &any);
+    if (!any) {
+        L = fs;
+        P = fp;
+        while (((int64_t)(need_seq - L) > 0 || (int64_t)(need_pos - P) > 0) && (int64_t)(ts - L) > 0) {
+            struct fq_desc_shm *d = fq__desc(q, L);
+            uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+            if (!fq__cw_published(cw, L) || fq__cw_st(cw) == FQ_D_WRITING)
+                break; /* never reclaim a record a producer is still writing */
+            /* L >= floor: this descriptor cannot be recycled under us */
+            P = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
+            L++;
+        }
+        if (L == ts)
+            P = tp;
     } else {
-        int ok;
-        P = fq__pos_after(q, L - 1, &ok);
-        if (!ok)
-            return atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE) != fs;
+        if ((int64_t)(L - fs) <= 0)
+            return 0;
+        if (L == ts) {
+            P = tp;
+        } else {
+            int ok;
+            P = fq__pos_after(q, L - 1, &ok);
+            if (!ok)
+                return atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE) != fs;
+        }
     }
-    /* F2: position first, then seq; each is an independent lower bound. */
-    fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_RELEASE);
-    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_RELEASE);
+    if ((int64_t)(L - fs) <= 0 || (int64_t)(P - fp) < 0)
+        return 0;
+    fq__cas_max(&q->ctrl->c_floor_proposal, L, FQ_SEQCST); /* F0 */
+    int any2;
+    if ((int64_t)(fq__min_low(q, L, &any2) - L) < 0)
+        return 1; /* a group appeared below L: start over and respect it */
+    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_SEQCST); /* F2 */
+    fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_SEQCST);
     return 1;
 }
 
@@ -186,7 +233,7 @@ int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes)
             e += q->cap - off;
         if (s + n_records - fs <= q->limit_records && e - fp <= q->cap)
             return 1;
-        if (!fq__refresh_floor(q))
+        if (!fq__refresh_floor(q, s + n_records - q->limit_records, e - q->cap))
             return 0;
     }
     return 0;
@@ -220,7 +267,7 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
          * is the floor's byte position); bytes [p, e) may overwrite only
          * what lies below the floor position. */
         if (s + n - fs > q->limit_records || e - fp > q->cap) {
-            if (fq__refresh_floor(q))
+            if (fq__refresh_floor(q, s + n - q->limit_records, e - q->cap))
                 continue;
             return FQ_FULL;
         }
@@ -320,6 +367,7 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     m->data = q->arena + off + FQ_FRAME_HDR;
     m->len = fl - FQ_FRAME_HDR;
     m->deliveries = deliveries;
+    m->flags = 0;
     m->ts_ns = h->f_ts_ns;
     return 1;
 }
@@ -336,61 +384,104 @@ static void fq__drop_corrupt(fq_queue *q, uint32_t g, uint64_t seq, uint64_t w)
     }
 }
 
-/* Retake RETRY entries (returned by recovery) whose not-before passed.  The
- * scan covers [g_low, tail): a lease may sit at or beyond g_dispatch (its
- * taker died before moving the hint).  g_retry_pending may count an entry a
- * recoverer has not flipped yet (it counts first), or one whose recoverer
- * died between count and CAS; if a whole scan finds no RETRY entry and no
- * recovery ran meanwhile (c_recovery_gen unchanged and the mutex free), the
- * count is a phantom and is reset from the value seen at the start. */
-static uint32_t fq__take_retries(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, int *corrupt)
+/* Retake what is due again: RETRY entries whose not-before passed (nack,
+ * recovery) and LEASED entries whose visibility deadline passed (expiry).
+ * Runs only once g_next_deadline has passed, scans [g_low, tail) within the
+ * window, and leaves g_next_deadline at the earliest future instant it saw.
+ * A message whose next delivery would exceed max_deliveries is leased with
+ * FQ_MSG_DEADLETTER: the caller copies it to the dead-letter queue, then
+ * finishes it with fq_dead (copy first, then finish).
+ * g_retry_pending may count an entry a recoverer has not flipped yet, or one
+ * whose recoverer died between count and CAS; a scan that finds no RETRY
+ * entry while no recovery ran (c_recovery_gen unchanged, mutex free) resets
+ * such a phantom count from the value seen at its start. */
+static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, int *corrupt)
 {
     struct fq_group_shm *G = fq__group(q, g);
+    uint64_t nd0 = atomic_load_explicit(&G->g_next_deadline, FQ_ACQUIRE);
+    if (nd0 == (uint64_t)INT64_MAX)
+        return 0; /* nothing in flight can come back: no clock read on the hot path */
+    int64_t now = fq_now_ns();
+    if ((int64_t)nd0 > now)
+        return 0;
     uint32_t gen0 = atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST);
     int64_t pending0 = atomic_load_explicit(&G->g_retry_pending, FQ_SEQCST);
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
-    uint64_t end = fq_tail_seq(q);
-    if ((int64_t)(end - low) > (int64_t)q->window)
-        end = low + q->window;
-    int64_t now = fq_now_ns();
+    uint64_t end = fq_tail_seq(q), W = fq__gw(q, g);
+    if ((int64_t)(end - low) > (int64_t)W)
+        end = low + W;
+    uint32_t vis = G->g_visibility_ms, maxd = G->g_max_deliveries;
+    uint64_t next = INT64_MAX;
     uint32_t n = 0, seen = 0;
-    for (uint64_t s = low; (int64_t)(end - s) > 0 && n < max; s++) {
+    int complete = 1;
+    for (uint64_t s = low; (int64_t)(end - s) > 0; s++) {
         struct fq_lease_shm *L = fq__lease(q, g, s);
         uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
-        if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_RETRY)
+        if (!fq__lw_is(w, s))
             continue;
-        seen++;
-        if ((int64_t)atomic_load_explicit(&L->l_deadline_ns, FQ_RELAXED) > now)
+        unsigned st = fq__lw_st(w);
+        if (st != FQ_L_RETRY && st != FQ_L_LEASED)
             continue;
-        if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len)
+        uint64_t due = atomic_load_explicit(&L->l_deadline_ns, FQ_RELAXED);
+        if (st == FQ_L_RETRY)
+            seen++;
+        if (st == FQ_L_LEASED && due == 0)
+            continue; /* no visibility timeout (or its taker has not stored it yet) */
+        if ((int64_t)due > now) {
+            if ((int64_t)(due - next) < 0)
+                next = due;
+            continue;
+        }
+        if (n == max) {
+            complete = 0; /* more is due: leave g_next_deadline passed */
+            break;
+        }
+        if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len) {
+            complete = 0;
             break; /* keep order: the caller sees FQ_ERR_SIZE from the main scan only if nothing was taken */
+        }
         unsigned dv = fq__lw_deliv(w) + 1u;
         if (dv > 255u)
             dv = 255u;
         uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) /* C2 */
             continue;
-        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+        if (st == FQ_L_RETRY)
+            atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+        else
+            atomic_fetch_add_explicit(&G->g_expired, 1, FQ_RELAXED);
         atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
-        uint32_t vis = G->g_visibility_ms;
-        atomic_store_explicit(&L->l_deadline_ns, vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0, FQ_RELAXED);
-        if (fq__fill(q, s, dv, &out[n]))
+        uint64_t dl = vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0;
+        atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED);
+        if (dl && (int64_t)(dl - next) < 0)
+            next = dl;
+        if (fq__fill(q, s, dv, &out[n])) {
+            if (maxd && dv > maxd)
+                out[n].flags |= FQ_MSG_DEADLETTER;
             n++;
-        else {
+        } else {
             fq__drop_corrupt(q, g, s, nw);
             *corrupt = 1;
         }
     }
-    if (seen == 0 && pending0 > 0 && atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_SEQCST) == 0 &&
-        atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST) == gen0)
-        atomic_compare_exchange_strong_explicit(&G->g_retry_pending, &pending0, 0, FQ_SEQCST, FQ_RELAXED);
+    if (complete) {
+        /* raise the hint to what we saw, but only over a value that had passed */
+        uint64_t cur = atomic_load_explicit(&G->g_next_deadline, FQ_ACQUIRE);
+        while ((int64_t)cur <= now &&
+               !atomic_compare_exchange_weak_explicit(&G->g_next_deadline, &cur, next, FQ_ACQREL, FQ_ACQUIRE))
+            ;
+        if (seen == 0 && pending0 > 0 && atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_SEQCST) == 0 &&
+            atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST) == gen0)
+            atomic_compare_exchange_strong_explicit(&G->g_retry_pending, &pending0, 0, FQ_SEQCST, FQ_RELAXED);
+    }
     return n;
 }
 
 int fq__take_ready(fq_queue *q, uint32_t g)
 {
     struct fq_group_shm *G = fq__group(q, g);
-    if (atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED) > 0)
+    uint64_t nd = atomic_load_explicit(&G->g_next_deadline, FQ_ACQUIRE);
+    if (nd != (uint64_t)INT64_MAX && (int64_t)nd <= fq_now_ns())
         return 1;
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
     uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
@@ -410,20 +501,22 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
     uint32_t n = 0;
     int corrupt = 0, stalled = 0, wrong_size = 0;
     uint32_t skipped = 0;
-    if (fq__unlikely(atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED) > 0))
-        n = fq__take_retries(q, g, out, max, only_len, &corrupt);
+    if (fq__unlikely(atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE))
+        return FQ_ERR_NOENT; /* the group was deleted */
+    n = fq__take_due(q, g, out, max, only_len, &corrupt);
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
     uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
     uint64_t s = (int64_t)(disp - low) > 0 ? disp : low;
     unsigned me = (unsigned)q->member;
+    uint64_t W = fq__gw(q, g);
     uint32_t vis = G->g_visibility_ms;
     int64_t deadline = vis ? fq_now_ns() + (int64_t)vis * 1000000 : 0;
     while (n < max) {
-        if (s - low >= q->window) {
+        if (s - low >= W) {
             low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
             if ((int64_t)(low - s) > 0)
                 s = low; /* others finished past us */
-            if (s - low >= q->window)
+            if (s - low >= W)
                 break; /* window full: back-pressure (prefetch limit) */
         }
         uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_ACQUIRE); /* C1 */
@@ -468,8 +561,11 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             FQ_CRASHPOINT("cons.after_lease");
             if (deadline)
                 atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
-            if (fq__fill(q, s, 1, &out[n]))
+            if (fq__fill(q, s, 1, &out[n])) {
+                if (deadline)
+                    fq__cas_min(&G->g_next_deadline, (uint64_t)deadline);
                 n++;
+            }
             else {
                 fq__drop_corrupt(q, g, s, nw);
                 corrupt = 1;
@@ -505,7 +601,8 @@ void fq__advance_low(fq_queue *q, uint32_t g)
     uint64_t l = l0;
     /* Invariant: g_low only passes terminal entries.  Entries at or beyond
      * the tail carry an older tag (or are zero), so the scan stops there. */
-    while (l - l0 < q->window) {
+    uint64_t W = fq__gw(q, g);
+    while (l - l0 < W) {
         uint64_t w = atomic_load_explicit(&fq__lease(q, g, l)->l_w, FQ_SEQCST); /* C4 */
         if (!fq__lw_is(w, l) || !fq__lst_terminal(fq__lw_st(w)))
             break;
@@ -526,7 +623,7 @@ void fq__advance_low(fq_queue *q, uint32_t g)
         fq__ec_notify_if_waiters(&q->ctrl->c_space_ec); /* E2 */
 }
 
-int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, unsigned state)
 {
     if (q->member < 0 || g >= q->max_groups)
         return FQ_ERR_INVAL;
@@ -547,7 +644,7 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
             atomic_store_explicit(&m->m_ack_word, count << 1 | 1u, FQ_RELEASE);
         }
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w,
-                                                     fq__lw(seq, msgs[i].deliveries, me, FQ_L_ACKED), FQ_SEQCST,
+                                                     fq__lw(seq, msgs[i].deliveries, me, state), FQ_SEQCST,
                                                      FQ_RELAXED)) { /* C3 (release + seq_cst: see C4) */
             lost++;
             continue;
@@ -562,6 +659,18 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
         atomic_store_explicit(&m->m_ack_word, count << 1, FQ_RELEASE);
     fq__advance_low(q, g);
     return lost ? FQ_ERR_LOST : FQ_OK;
+}
+
+/* Finish leased records: ACKED (processed) or DEAD (copied to the dead-letter
+ * queue first).  FQ_ERR_LOST if any lease was no longer ours. */
+int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n) { return fq__finish(q, g, msgs, n, FQ_L_ACKED); }
+
+int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+{
+    int rc = fq__finish(q, g, msgs, n, FQ_L_DEAD);
+    if (rc == FQ_OK)
+        atomic_fetch_add_explicit(&fq__group(q, g)->g_dead, n, FQ_RELAXED);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

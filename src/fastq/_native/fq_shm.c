@@ -35,13 +35,14 @@
 
 static __thread char fq__errmsg[256];
 
-static void fq__err(const char *fmt, ...)
+void fq__set_err(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(fq__errmsg, sizeof fq__errmsg, fmt, ap);
     va_end(ap);
 }
+#define fq__err fq__set_err
 
 const char *fq_last_error(void) { return fq__errmsg; }
 
@@ -65,6 +66,9 @@ const char *fq_strerror(int st)
     case FQ_ERR_MEMBERS: return "member table full";
     case FQ_ERR_LOST: return "lease lost";
     case FQ_ERR_SIZE: return "record size differs";
+    case FQ_ERR_CONFLICT: return "group exists with other settings";
+    case FQ_ERR_GROUPS: return "group table full";
+    case FQ_ERR_RANGE: return "offset out of range";
     default: return "unknown error";
     }
 }
@@ -316,13 +320,19 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
     fq__bind(q, &s);
     /* group 0: the implicit group of fastq.Queue, gating the ring */
     struct fq_group_shm *g0 = &q->groups[0];
+    for (uint32_t i = 0; i < g; i++)
+        atomic_store_explicit(&q->groups[i].g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
+    if (p->flags & FQ_P_NO_QUEUE_GROUP)
+        goto publish;
     g0->g_flags = FQ_G_GATING;
     g0->g_window_log2 = (uint32_t)__builtin_ctzll(w);
     g0->g_start_seq = s.s_base_seq;
     memcpy(g0->g_name, "queue", 6);
     atomic_store_explicit(&g0->g_low, s.s_base_seq, FQ_RELAXED);
     atomic_store_explicit(&g0->g_dispatch, s.s_base_seq, FQ_RELAXED);
+    atomic_store_explicit(&g0->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
     atomic_store_explicit(&g0->g_state, FQ_G_ACTIVE, FQ_RELAXED);
+publish:
     atomic_store_explicit(&q->ctrl->c_tail, fq__tail_pack(s.s_base_seq, s.s_base_pos), FQ_RELAXED);
     atomic_store_explicit(&q->ctrl->c_floor_seq, s.s_base_seq, FQ_RELAXED);
     atomic_store_explicit(&q->ctrl->c_floor_pos, s.s_base_pos, FQ_RELAXED);

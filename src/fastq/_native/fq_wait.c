@@ -152,6 +152,10 @@ int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin_ns)
 {
     if (g >= q->max_groups)
         return FQ_ERR_INVAL;
+    /* wake up when a lease expires or a nack delay ends, not only on commits */
+    int64_t nd = (int64_t)atomic_load_explicit(&q->groups[g].g_next_deadline, FQ_ACQUIRE);
+    if (nd < deadline_ns)
+        deadline_ns = nd;
     return fq__wait_generic(q, &q->ctrl->c_data_ec, FQ_W_DATA, fq__cond_data, g, 0, deadline_ns, spin_ns);
 }
 
