@@ -9,8 +9,9 @@
 from queue import Empty, Full
 
 from ._core import CorruptQueueError, FastqError, IncompatibleQueueError
+from .log import Backoff, Consumer, DeadLetter, Group, Log, Message, open
 from .queue import JoinableQueue, Queue, unlink
 
 __version__ = "0.1.0"
-__all__ = ["Queue", "JoinableQueue", "unlink", "Empty", "Full", "FastqError", "CorruptQueueError",
-           "IncompatibleQueueError", "__version__"]
+__all__ = ["Queue", "JoinableQueue", "open", "Log", "Group", "Consumer", "Message", "Backoff", "DeadLetter",
+           "unlink", "Empty", "Full", "FastqError", "CorruptQueueError", "IncompatibleQueueError", "__version__"]

@@ -20,6 +20,9 @@ cdef extern from "fq.h" nogil:
         FQ_ERR_MEMBERS
         FQ_ERR_LOST
         FQ_ERR_SIZE
+        FQ_ERR_CONFLICT
+        FQ_ERR_GROUPS
+        FQ_ERR_RANGE
 
     ctypedef struct fq_params:
         uint64_t capacity
@@ -28,6 +31,23 @@ cdef extern from "fq.h" nogil:
         uint32_t window
         uint32_t max_members
         uint32_t max_groups
+        uint32_t flags
+
+    enum: FQ_P_NO_QUEUE_GROUP
+    enum: FQ_MSG_DEADLETTER
+    enum: FQ_START_EARLIEST
+    enum: FQ_START_LATEST
+    enum: FQ_START_SEQ
+
+    ctypedef struct fq_group_cfg:
+        const char *name
+        uint32_t window
+        uint32_t max_deliveries
+        uint32_t visibility_ms
+        uint32_t start
+        uint64_t start_seq
+        const char *dlq
+        uint32_t backoff[4]
 
     ctypedef struct fq_queue:
         uint8_t *base
@@ -49,13 +69,15 @@ cdef extern from "fq.h" nogil:
         uint32_t len
         uint32_t deliveries
         int64_t ts_ns
+        uint32_t flags
 
     ctypedef struct fq_stats:
         uint64_t tail_seq, tail_pos, floor_seq, floor_pos
-        uint64_t low, dispatch, acked, delivered, redelivered, dead
+        uint64_t low, dispatch, acked, delivered, redelivered, dead, expired, nacked
+        uint64_t pending, lag_bytes, oldest_ts_ns
         int64_t retry_pending
         uint64_t aborted, recovered, tasks_done
-        uint32_t data_waiters, space_waiters, members_alive, recovery_owner
+        uint32_t data_waiters, space_waiters, members_alive, recovery_owner, consumers
     void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
 
     int fq_name_valid(const char *name)
@@ -77,6 +99,14 @@ cdef extern from "fq.h" nogil:
 
     int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out)
     int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+    int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+    int fq_group_open(fq_queue *q, const fq_group_cfg *cfg, uint32_t *g_out, int *created)
+    int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
+    int fq_group_delete(fq_queue *q, const char *name)
+    int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns)
+    int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms)
+    int fq_member_group(fq_queue *q, uint32_t g)
+    int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char *name, char *dlq)
 
     uint64_t fq_tail_seq(fq_queue *q)
     uint64_t fq_qsize(fq_queue *q, uint32_t g)

@@ -59,7 +59,8 @@ cdef int _raise(int rc, str what=None) except -1:
     msg = _detail(rc)
     if what:
         msg = f"{what}: {msg}"
-    if rc == N.FQ_ERR_INVAL or rc == N.FQ_ERR_TOO_BIG or rc == N.FQ_ERR_SIZE:
+    if rc == N.FQ_ERR_INVAL or rc == N.FQ_ERR_TOO_BIG or rc == N.FQ_ERR_SIZE or rc == N.FQ_ERR_CONFLICT \
+            or rc == N.FQ_ERR_RANGE:
         raise ValueError(msg)
     if rc == N.FQ_ERR_EXISTS:
         raise FileExistsError(_errno.EEXIST, msg)
@@ -75,6 +76,10 @@ cdef int _raise(int rc, str what=None) except -1:
         raise IncompatibleQueueError(msg)
     if rc == N.FQ_ERR_MEMBERS:
         raise FastqError("the queue's member table is full: " + msg)
+    if rc == N.FQ_ERR_GROUPS:
+        raise FastqError(msg)
+    if rc == N.FQ_TIMEOUT:
+        raise TimeoutError(msg)
     if rc == N.FQ_ERR_SYS:
         raise OSError(msg)
     raise FastqError(msg)
@@ -132,6 +137,7 @@ cdef class Ring:
     cdef public object _dumps
     cdef public object _loads
     cdef readonly object name
+    cdef public uint32_t _kind     # FQ_M_KIND_* bits this handle registers with
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -142,6 +148,7 @@ cdef class Ring:
         self._dumps = None
         self._loads = None
         self.name = None
+        self._kind = KIND_PRODUCER_CONSUMER
 
     def __dealloc__(self):
         if self._mapped:
@@ -151,14 +158,15 @@ cdef class Ring:
 
     # ---- lifecycle ------------------------------------------------------
     def _create(self, name, uint64_t capacity, uint64_t maxsize, uint32_t max_members=0,
-                uint32_t desc_count=0):
+                uint32_t desc_count=0, uint32_t max_groups=1, uint32_t window=0, bint log=False):
         cdef N.fq_params p
         p.capacity = capacity
         p.maxsize = maxsize
         p.desc_count = desc_count
-        p.window = 0
+        p.window = window
         p.max_members = max_members
-        p.max_groups = 1
+        p.max_groups = max_groups
+        p.flags = N.FQ_P_NO_QUEUE_GROUP if log else 0
         cdef bytes bname = _encode_name(name) if name is not None else None
         cdef const char *cname = NULL
         if bname is not None:
@@ -198,7 +206,7 @@ cdef class Ring:
         self._inflight = 0
 
     cdef int _join(self) except -1:
-        rc = N.fq_join(&self.q, KIND_PRODUCER_CONSUMER)
+        rc = N.fq_join(&self.q, self._kind)
         if rc != N.FQ_OK:
             _raise(rc, "cannot register with the queue")
         N.fq_maintain(&self.q, 1)
@@ -233,7 +241,7 @@ cdef class Ring:
         return self._closed
 
     # ---- waiting --------------------------------------------------------
-    cdef int _wait(self, int kind, int64_t deadline, uint64_t a, uint64_t b, bint first) except -1:
+    cdef int _wait(self, int kind, int64_t deadline, uint64_t a, uint64_t b, bint first, uint32_t g=0) except -1:
         cdef int64_t end = N.fq_now_ns() + SLICE_NS
         cdef uint32_t spin = SPIN_NS if first else 0
         if deadline >= 0 and deadline < end:
@@ -241,7 +249,7 @@ cdef class Ring:
         self._inflight += 1
         with nogil:
             if kind == 0:
-                N.fq_wait_data(&self.q, 0, end, spin)
+                N.fq_wait_data(&self.q, g, end, spin)
             elif kind == 1:
                 N.fq_wait_space(&self.q, a, b, end)
             else:
@@ -289,16 +297,26 @@ cdef class Ring:
 
     def put(self, obj, block=True, timeout=None):
         """Put obj into the queue (see multiprocessing.Queue.put)."""
+        cdef uint64_t seq
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        self._put_one(obj if self._dumps is None else self._dumps(obj), block, timeout, &seq)
+
+    def _append(self, data, block=True, timeout=None):
+        """Append one raw record; returns its offset (seq)."""
+        cdef uint64_t seq
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        self._put_one(data, block, timeout, &seq)
+        return seq
+
+    cdef int _put_one(self, object data, object block, object timeout, uint64_t *seq) except -1:
         cdef Py_buffer view
         cdef const char *ptr
         cdef Py_ssize_t ln
         cdef uint32_t len32
-        cdef uint64_t seq
         cdef uint8_t *dst
         cdef bint have_view = False
-        if self._closed or self.q.member < 0:
-            self._ensure()
-        data = obj if self._dumps is None else self._dumps(obj)
         if PyBytes_CheckExact(data):
             ptr = PyBytes_AS_STRING(data)
             ln = PyBytes_GET_SIZE(data)
@@ -311,19 +329,20 @@ cdef class Ring:
             if ln > N.fq_max_payload(&self.q):
                 self._too_big(ln)
             len32 = <uint32_t>ln
-            self._claim(&len32, 1, N.fq_frame_bytes(len32), &seq, block, timeout)
+            self._claim(&len32, 1, N.fq_frame_bytes(len32), seq, block, timeout)
             # claim -> copy -> commit: GIL held, nothing can raise
-            dst = N.fq_payload(&self.q, seq)
+            dst = N.fq_payload(&self.q, seq[0])
             if ln >= 64:
                 memcpy(dst, ptr, ln >> 1)
                 N.FQ_CRASHPOINT("prod.mid_payload")
                 memcpy(dst + (ln >> 1), ptr + (ln >> 1), ln - (ln >> 1))
             else:
                 memcpy(dst, ptr, ln)
-            N.fq_commit(&self.q, seq, 1)
+            N.fq_commit(&self.q, seq[0], 1)
         finally:
             if have_view:
                 PyBuffer_Release(&view)
+        return 0
 
     def put_nowait(self, obj):
         return self.put(obj, False)
@@ -342,8 +361,19 @@ cdef class Ring:
                 raise TypeError("put_many(ndarray) puts raw rows: use a queue created with serializer=None "
                                 "(or pass list(array) to pickle each row)")
             return self._put_array(items, block, timeout)
+        self._put_datas(self._prepare(items, self._dumps), block, timeout, None)
+
+    def _append_many(self, items, block=True, timeout=None):
+        """Append raw records; returns their offsets."""
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        cdef list offsets = []
+        self._put_datas(self._prepare(items, None), block, timeout, offsets)
+        return offsets
+
+    cdef list _prepare(self, object items, object dumps):
+        """Serialize and check every item before anything is claimed."""
         cdef list datas = []
-        dumps = self._dumps
         cdef uint32_t maxp = N.fq_max_payload(&self.q)
         for it in items:
             d = it if dumps is None else dumps(it)
@@ -354,6 +384,9 @@ cdef class Ring:
             if PyBytes_GET_SIZE(d) > maxp:
                 self._too_big(PyBytes_GET_SIZE(d))
             datas.append(d)
+        return datas
+
+    cdef int _put_datas(self, list datas, object block, object timeout, list offsets) except -1:
         cdef Py_ssize_t n = len(datas), i = 0, j, k
         cdef uint64_t limit = N.fq_batch_limit(&self.q)
         cdef uint64_t half = self.q.cap // 2, nbytes, fb, seq
@@ -362,7 +395,7 @@ cdef class Ring:
         if <uint64_t>n < limit:
             limit = <uint64_t>n
         if n == 0:
-            return
+            return 0
         cdef uint32_t *lens = <uint32_t *>malloc(limit * sizeof(uint32_t))
         if lens == NULL:
             raise MemoryError()
@@ -383,9 +416,12 @@ cdef class Ring:
                     d = datas[i + k]
                     memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
                 N.fq_commit(&self.q, seq, <uint32_t>(j - i))
+                if offsets is not None:
+                    offsets.extend(range(seq, seq + <uint64_t>(j - i)))
                 i = j
         finally:
             free(lens)
+        return 0
 
     cdef _put_array(self, arr, block, timeout):
         import numpy as np
@@ -449,11 +485,12 @@ cdef class Ring:
         return 0
 
     cdef uint32_t _take(self, N.fq_msg **buf, uint32_t maxn, uint32_t only_len, bint block,
-                        object timeout) except 0:
-        """Lease up to maxn records into *buf (re-read after every wait: the
-        buffer may be self._msgs, which another thread may have grown)."""
+                        object timeout, uint32_t g=0, bint empty_ok=False) except? 0:
+        """Lease up to maxn records of group g into *buf (re-read after every
+        wait: the buffer may be self._msgs, which another thread may have
+        grown).  Raises Empty when nothing came, unless empty_ok (returns 0)."""
         cdef uint32_t n = 0
-        cdef int rc = N.fq_take(&self.q, 0, buf[0], maxn, only_len, &n)
+        cdef int rc = N.fq_take(&self.q, g, buf[0], maxn, only_len, &n)
         cdef int64_t deadline
         cdef bint first = True
         if rc == N.FQ_OK:
@@ -461,17 +498,21 @@ cdef class Ring:
         if rc < 0:
             _raise(rc)
         if not block:
+            if empty_ok:
+                return 0
             raise Empty
         deadline = _deadline(timeout)
         while True:
-            self._wait(0, deadline, 0, 0, first)
+            self._wait(0, deadline, 0, 0, first, g)
             first = False
-            rc = N.fq_take(&self.q, 0, buf[0], maxn, only_len, &n)
+            rc = N.fq_take(&self.q, g, buf[0], maxn, only_len, &n)
             if rc == N.FQ_OK:
                 return n
             if rc < 0:
                 _raise(rc)
             if deadline >= 0 and N.fq_now_ns() >= deadline:
+                if empty_ok:
+                    return 0
                 raise Empty
 
     def get(self, block=True, timeout=None):
@@ -561,6 +602,108 @@ cdef class Ring:
             free(msgs)
         return out
 
+    # ---- groups (fastq.log) ---------------------------------------------
+    def _group_open(self, str name, uint32_t window, uint32_t max_deliveries, double visibility,
+                    int start_kind, uint64_t start_seq, dlq, tuple backoff):
+        """Create or attach the group; returns (index, created)."""
+        cdef N.fq_group_cfg c
+        cdef uint32_t g = 0
+        cdef int created = 0
+        self._ensure()
+        bname = _encode_name(name)
+        bdlq = _encode_name(dlq) if dlq else b""
+        c.name = bname
+        c.window = window
+        c.max_deliveries = max_deliveries
+        c.visibility_ms = <uint32_t>(visibility * 1000.0 + 0.5)
+        c.start = start_kind
+        c.start_seq = start_seq
+        c.dlq = bdlq
+        for i in range(4):
+            c.backoff[i] = backoff[i]
+        rc = N.fq_group_open(&self.q, &c, &g, &created)
+        if rc != N.FQ_OK:
+            _raise(rc)
+        return g, bool(created)
+
+    def _group_find(self, str name):
+        cdef uint32_t g = 0
+        self._ensure()
+        rc = N.fq_group_find(&self.q, _encode_name(name), &g)
+        if rc != N.FQ_OK:
+            raise KeyError(f"no group named {name!r}")
+        return g
+
+    def _group_delete(self, str name):
+        self._ensure()
+        rc = N.fq_group_delete(&self.q, _encode_name(name))
+        if rc == N.FQ_ERR_NOENT:
+            raise KeyError(f"no group named {name!r}")
+        if rc != N.FQ_OK:
+            _raise(rc)
+
+    def _group_info(self, uint32_t g):
+        cdef N.fq_group_cfg c
+        cdef char name[64]
+        cdef char dlq[64]
+        self._check_mapped()
+        if N.fq_group_info(&self.q, g, &c, name, dlq) != N.FQ_OK:
+            return None
+        return {"name": name.decode("utf-8", "replace"), "dead_letter": dlq.decode("utf-8", "replace") or None,
+                "window": c.window, "max_deliveries": c.max_deliveries,
+                "visibility_timeout": c.visibility_ms / 1000.0, "start": c.start_seq,
+                "backoff": (c.backoff[0], c.backoff[1], c.backoff[2], c.backoff[3])}
+
+    def _groups(self):
+        """Indexes of the active groups."""
+        self._check_mapped()
+        return [g for g in range(self.q.max_groups) if self._group_info(g) is not None]
+
+    def _member_group(self, uint32_t g):
+        self._ensure()
+        rc = N.fq_member_group(&self.q, g)
+        if rc != N.FQ_OK:
+            _raise(rc, "this handle already consumed in another group")
+
+    def _group_stats(self, uint32_t g):
+        cdef N.fq_stats st
+        self._check_mapped()
+        N.fq_get_stats(&self.q, g, &st)
+        return st
+
+    def _g_qsize(self, uint32_t g):
+        self._check_mapped()
+        return N.fq_qsize(&self.q, g)
+
+    def _g_get(self, uint32_t g, uint32_t maxn, object timeout, object group, object consumer):
+        """Lease up to maxn records of group g as Message objects ([] on timeout)."""
+        cdef uint32_t n, i
+        cdef Message m
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        if maxn < 1:
+            raise ValueError("max_messages must be >= 1")
+        if maxn > 65536:
+            maxn = 65536
+        self._msgs_reserve(maxn)
+        try:
+            n = self._take(&self._msgs, maxn, 0, True, timeout, g, True)
+        except FileNotFoundError:
+            raise FastqError(f"group {group!r} was deleted") from None
+        cdef list out = PyList_New(n)
+        for i in range(n):
+            m = Message.__new__(Message)
+            m._m = self._msgs[i]
+            m._m.data = NULL
+            m.data = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, self._msgs[i].len)
+            m._ring = self
+            m._g = g
+            m.group = group
+            m._consumer = consumer
+            Py_INCREF(m)
+            PyList_SET_ITEM(out, i, m)
+        return out
+
     # ---- counts ---------------------------------------------------------
     def qsize(self):
         """Number of items put and not yet got (exact when no call is in flight)."""
@@ -633,3 +776,98 @@ cdef class Ring:
     def _tail(self):
         self._check_mapped()
         return N.fq_tail_seq(&self.q)
+
+
+cdef class Message:
+    """One delivery of a record to a consumer of a group (a lease).
+
+    ``offset``, ``data`` (bytes), ``timestamp`` (seconds since the epoch, when
+    it was appended), ``deliveries`` (1 on the first delivery), ``group``.
+    Finish it with :meth:`ack`, give it back with :meth:`nack`, or keep it
+    longer with :meth:`extend`; a lease that is neither acked nor extended
+    before the group's visibility timeout is redelivered to another consumer.
+    """
+    cdef N.fq_msg _m
+    cdef Ring _ring
+    cdef uint32_t _g
+    cdef readonly object data
+    cdef readonly object group
+    cdef object _consumer
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Message objects come from Consumer.get()")
+
+    @property
+    def offset(self):
+        return self._m.seq
+
+    @property
+    def deliveries(self):
+        return self._m.deliveries
+
+    @property
+    def timestamp(self):
+        return self._m.ts_ns / 1e9
+
+    @property
+    def _must_dead_letter(self):
+        return bool(self._m.flags & N.FQ_MSG_DEADLETTER)
+
+    cdef int _check(self) except -1:
+        if self._ring is None or not self._ring._mapped or self._ring._closed:
+            raise ValueError("the consumer of this message is closed")
+        return 0
+
+    def ack(self):
+        """Finish the message.  False if the lease was lost (it expired and was
+        redelivered, or recovery returned it): never finishes someone else's
+        delivery."""
+        self._check()
+        rc = N.fq_ack(&self._ring.q, self._g, &self._m, 1)
+        if rc == N.FQ_OK:
+            return True
+        if rc == N.FQ_ERR_LOST:
+            return False
+        _raise(rc)
+
+    def nack(self, delay=None, reason=None):
+        """Give the message back: visible again after ``delay`` seconds, or
+        after the group's backoff delay for its delivery count.  At the
+        delivery limit it goes to the dead-letter queue with ``reason``.
+        False if the lease was lost."""
+        return self._consumer._nack(self, delay, reason)
+
+    def extend(self, seconds):
+        """Renew the lease for ``seconds`` from now.  False if it was lost."""
+        self._check()
+        t = float(seconds)
+        if not t >= 0:
+            raise ValueError("'seconds' must be a non-negative number")
+        rc = N.fq_extend(&self._ring.q, self._g, &self._m, <uint64_t>(t * 1000.0 + 0.5))
+        if rc == N.FQ_OK:
+            return True
+        if rc == N.FQ_ERR_LOST:
+            return False
+        _raise(rc)
+
+    def _nack_raw(self, double delay):
+        self._check()
+        rc = N.fq_nack(&self._ring.q, self._g, &self._m, <uint64_t>(delay * 1e9))
+        if rc == N.FQ_OK:
+            return True
+        if rc == N.FQ_ERR_LOST:
+            return False
+        _raise(rc)
+
+    def _dead(self):
+        self._check()
+        rc = N.fq_dead(&self._ring.q, self._g, &self._m, 1)
+        if rc == N.FQ_OK:
+            return True
+        if rc == N.FQ_ERR_LOST:
+            return False
+        _raise(rc)
+
+    def __repr__(self):
+        return (f"<fastq.Message group={self.group!r} offset={self._m.seq} deliveries={self._m.deliveries} "
+                f"{len(self.data)} bytes>")

@@ -98,7 +98,8 @@ static void test_struct_offsets(void)
     OFF(fq_group_shm, g_delivered, 0x200);
     OFF(fq_group_shm, g_dead, 0x218);
     OFF(fq_group_shm, g_dlq, 0x280);
-    OFF(fq_group_shm, g_reserved, 0x2C0);
+    OFF(fq_group_shm, g_backoff, 0x2C0);
+    OFF(fq_group_shm, g_reserved, 0x2D0);
     /* descriptor */
     OFF(fq_desc_shm, d_cw, 0);
     OFF(fq_desc_shm, d_ext_start, 8);

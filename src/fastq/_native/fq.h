@@ -65,6 +65,7 @@ typedef struct fq_group_cfg {
     uint32_t start;             /* FQ_START_*; only used when the group is created */
     uint64_t start_seq;
     const char *dlq;            /* dead-letter queue name, NULL/"" = none */
+    uint32_t backoff[4];        /* retry policy, stored for every process: initial ms, max ms, mult x1000, jitter x1000 */
 } fq_group_cfg;
 
 /* Process-local handle. */
@@ -140,14 +141,17 @@ int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out);
 int fq_group_delete(fq_queue *q, const char *name);
 int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns);
 int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms);
+int fq_member_group(fq_queue *q, uint32_t g);   /* this handle consumes (and counts acks) in group g */
+int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64]);
 
 /* A lock-free snapshot for monitoring (fields read independently, relaxed). */
 typedef struct fq_stats {
     uint64_t tail_seq, tail_pos, floor_seq, floor_pos;
-    uint64_t low, dispatch, acked, delivered, redelivered, dead;
+    uint64_t low, dispatch, acked, delivered, redelivered, dead, expired, nacked;
+    uint64_t pending, lag_bytes, oldest_ts_ns;  /* leased now; bytes from low to tail; timestamp at low */
     int64_t retry_pending;
     uint64_t aborted, recovered, tasks_done;
-    uint32_t data_waiters, space_waiters, members_alive, recovery_owner;
+    uint32_t data_waiters, space_waiters, members_alive, recovery_owner, consumers;
 } fq_stats;
 void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st);
 

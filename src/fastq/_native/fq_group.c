@@ -104,11 +104,13 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
         struct fq_group_shm *G = fq__group(q, g);
         const char *dlq = c->dlq ? c->dlq : "";
         if (G->g_window_log2 != wlog || G->g_max_deliveries != c->max_deliveries ||
-            G->g_visibility_ms != c->visibility_ms || !fq__name_eq(G->g_dlq, sizeof G->g_dlq, dlq)) {
+            G->g_visibility_ms != c->visibility_ms || !fq__name_eq(G->g_dlq, sizeof G->g_dlq, dlq) ||
+            memcmp(G->g_backoff, c->backoff, sizeof G->g_backoff) != 0) {
             fq__set_err("group '%s' exists with other settings (window=%u, max_deliveries=%u, "
-                        "visibility_timeout=%.3fs, dead_letter='%.63s')",
+                        "visibility_timeout=%.3fs, dead_letter='%.63s', retry=%u..%u ms x%.3f jitter %.3f)",
                         c->name, 1u << (G->g_window_log2 & 31), G->g_max_deliveries,
-                        G->g_visibility_ms / 1000.0, G->g_dlq);
+                        G->g_visibility_ms / 1000.0, G->g_dlq, G->g_backoff[0], G->g_backoff[1],
+                        G->g_backoff[2] / 1000.0, G->g_backoff[3] / 1000.0);
             rc = FQ_ERR_CONFLICT;
         } else {
             *g_out = g;
@@ -139,6 +141,7 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
     G->g_window_log2 = wlog;
     G->g_max_deliveries = c->max_deliveries;
     G->g_visibility_ms = c->visibility_ms;
+    memcpy(G->g_backoff, c->backoff, sizeof G->g_backoff);
     atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
     atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
     atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
@@ -261,5 +264,42 @@ int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms)
     atomic_store_explicit(&L->l_deadline_ns, dl, FQ_SEQCST);
     if (atomic_load_explicit(&L->l_w, FQ_SEQCST) != w)
         return FQ_ERR_LOST;
+    return FQ_OK;
+}
+
+int fq_member_group(fq_queue *q, uint32_t g)
+{
+    if (q->member < 0 || g >= q->max_groups)
+        return FQ_ERR_INVAL;
+    struct fq_member_shm *m = &q->members[q->member];
+    if (m->m_group == g)
+        return FQ_OK;
+    if (atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1)
+        return FQ_ERR_INVAL; /* its count belongs to the other group: use another handle */
+    m->m_group = g;
+    atomic_thread_fence(FQ_RELEASE);
+    return FQ_OK;
+}
+
+/* A copy of an ACTIVE group's settings (validated sizes, NUL-terminated). */
+int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64])
+{
+    if (g >= q->max_groups)
+        return FQ_ERR_INVAL;
+    struct fq_group_shm *G = fq__group(q, g);
+    if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+        return FQ_ERR_NOENT;
+    memcpy(name, G->g_name, 63);
+    name[63] = 0;
+    memcpy(dlq, G->g_dlq, 63);
+    dlq[63] = 0;
+    memset(out, 0, sizeof *out);
+    out->name = name;
+    out->dlq = dlq;
+    out->window = (uint32_t)fq__gw(q, g);
+    out->max_deliveries = G->g_max_deliveries;
+    out->visibility_ms = G->g_visibility_ms;
+    out->start_seq = G->g_start_seq;
+    memcpy(out->backoff, G->g_backoff, sizeof out->backoff);
     return FQ_OK;
 }

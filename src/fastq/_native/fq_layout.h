@@ -255,7 +255,8 @@ FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
  *   block 3 (0x180)  g_retry_pending, g_ec, g_next_deadline, g_gen  (nack, expiry, recovery)
  *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead, nacked
  *   0x280            g_dlq[64]: dead-letter queue name
- *   0x2C0 .. 0x400   reserved
+ *   0x2C0            g_backoff[4]: retry policy (nack without a delay)
+ *   0x2D0 .. 0x400   reserved
  *
  * Config fields (block 0, g_dlq) are written by the creator under the admin
  * mutex before g_state = ACTIVE (seq_cst) and never change while ACTIVE.
@@ -301,7 +302,8 @@ struct fq_group_shm {
     _Atomic uint64_t g_nacked;
     uint8_t g_pad5[FQ_BLOCK - 40];
     char g_dlq[64];                    /* dead-letter target (a queue name), "" = none */
-    uint8_t g_reserved[3 * FQ_BLOCK - 64];
+    uint32_t g_backoff[4];             /* retry policy: initial ms, maximum ms, multiplier x1000, jitter x1000 */
+    uint8_t g_reserved[3 * FQ_BLOCK - 80];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_low) == 1 * FQ_BLOCK, "group layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_group_shm, g_dispatch) == 2 * FQ_BLOCK, "group layout");

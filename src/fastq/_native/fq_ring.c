@@ -743,7 +743,30 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
         st->delivered = atomic_load_explicit(&G->g_delivered, FQ_RELAXED);
         st->redelivered = atomic_load_explicit(&G->g_redelivered, FQ_RELAXED);
         st->dead = atomic_load_explicit(&G->g_dead, FQ_RELAXED);
+        st->expired = atomic_load_explicit(&G->g_expired, FQ_RELAXED);
+        st->nacked = atomic_load_explicit(&G->g_nacked, FQ_RELAXED);
         st->retry_pending = atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED);
+        uint64_t W = fq__gw(q, g);
+        for (uint64_t s = st->low; (int64_t)(st->tail_seq - s) > 0 && s - st->low < W; s++) {
+            uint64_t w = atomic_load_explicit(&fq__lease(q, g, s)->l_w, FQ_RELAXED);
+            if (fq__lw_is(w, s) && fq__lw_st(w) == FQ_L_LEASED)
+                st->pending++;
+        }
+        if ((int64_t)(st->tail_seq - st->low) > 0) {
+            int ok = 0;
+            uint64_t p = st->low == q->base_seq ? q->base_pos : fq__pos_after(q, st->low - 1, &ok);
+            if (st->low == q->base_seq || ok)
+                st->lag_bytes = st->tail_pos - p;
+            struct fq_desc_shm *d = fq__desc(q, st->low);
+            uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+            if (fq__cw_published(cw, st->low) && fq__cw_st(cw) == FQ_D_COMMITTED) {
+                uint64_t off = (atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
+                                atomic_load_explicit(&d->d_frame_off, FQ_RELAXED)) & q->cap_mask;
+                if (off + FQ_FRAME_HDR <= q->cap && !(off & 7u))
+                    st->oldest_ts_ns = (uint64_t)__atomic_load_n(&((struct fq_frame_hdr *)(q->arena + off))->f_ts_ns,
+                                                                  __ATOMIC_RELAXED);
+            }
+        }
     }
     st->aborted = fq__aborted(q);
     st->recovered = atomic_load_explicit(&q->ctrl->c_recovered, FQ_RELAXED);
@@ -752,6 +775,9 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
     st->space_waiters = (uint32_t)atomic_load_explicit(&q->ctrl->c_space_ec, FQ_RELAXED);
     st->recovery_owner = atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_RELAXED);
     for (uint32_t i = 0; i < q->max_members; i++)
-        if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE)
+        if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE) {
             st->members_alive++;
+            if (q->members[i].m_group == g && (q->members[i].m_kind & FQ_M_KIND_CONSUMER))
+                st->consumers++;
+        }
 }
