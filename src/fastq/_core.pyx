@@ -138,6 +138,7 @@ cdef class Ring:
     cdef public object _loads
     cdef readonly object name
     cdef public uint32_t _kind     # FQ_M_KIND_* bits this handle registers with
+    cdef uint32_t _gets            # group gets since the last liveness scan
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -686,6 +687,11 @@ cdef class Ring:
         if maxn > 65536:
             maxn = 65536
         self._msgs_reserve(maxn)
+        self._gets += 1
+        if (self._gets & 63) == 0:
+            # busy consumers that never wait still notice dead members soon
+            # (rate-limited to one scan per 20 ms across all processes)
+            N.fq_maintain(&self.q, 0)
         try:
             n = self._take(&self._msgs, maxn, 0, True, timeout, g, True)
         except FileNotFoundError:

@@ -444,6 +444,8 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
         if (dv > 255u)
             dv = 255u;
         uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
+        uint64_t dl = vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0;
+        atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED); /* before the CAS: see fq_take */
         if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) /* C2 */
             continue;
         if (st == FQ_L_RETRY)
@@ -451,8 +453,6 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
         else
             atomic_fetch_add_explicit(&G->g_expired, 1, FQ_RELAXED);
         atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
-        uint64_t dl = vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0;
-        atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED);
         if (dl && (int64_t)(dl - next) < 0)
             next = dl;
         if (fq__fill(q, s, dv, &out[n])) {
@@ -557,10 +557,13 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             break;
         }
         uint64_t nw = fq__lw(s, 1, me, FQ_L_LEASED);
+        /* The deadline goes in BEFORE the lease CAS (whose release publishes
+         * it): an expiry scan that sees LEASED must never read a previous
+         * lap's deadline.  Storing into an entry we may not win is harmless:
+         * it is FRESH (nobody scans it) or the winner stores its own. */
+        atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
         if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) { /* C2 */
             FQ_CRASHPOINT("cons.after_lease");
-            if (deadline)
-                atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
             if (fq__fill(q, s, 1, &out[n])) {
                 if (deadline)
                     fq__cas_min(&G->g_next_deadline, (uint64_t)deadline);
