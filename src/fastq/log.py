@@ -212,7 +212,7 @@ class Log:
                 "oldest_age": (now - st["oldest_ts_ns"] / 1e9) if st["oldest_ts_ns"] else 0.0,
                 "pending": st["pending"], "unfinished": self._ring._g_qsize(g),
                 "delivered": st["delivered"], "redelivered": st["redelivered"], "expired": st["expired"],
-                "nacked": st["nacked"], "dead_lettered": st["dead"], "acked": st["acked"],
+                "nacked": st["nacked"], "dead_lettered": st["dead"], "acked": st["acked"] - st["dead"],
                 "consumers": st["consumers"], "settings": info,
             }
         return out
@@ -302,7 +302,11 @@ class Consumer:
 
     def get_many(self, max_messages: int = 256, timeout: Optional[float] = None) -> List[Message]:
         """Up to ``max_messages`` messages; ``[]`` if none came within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + max(float(timeout), 0.0)
+        if timeout is not None:
+            timeout = float(timeout)
+            if not timeout >= 0:
+                raise ValueError("'timeout' must be a non-negative number")
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             msgs = self._ring._g_get(self._g, int(max_messages), left, self._name, self)

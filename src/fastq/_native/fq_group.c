@@ -63,7 +63,7 @@ static uint32_t fq__log2(uint64_t x)
     return l;
 }
 
-int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
+static int fq__group_find_locked(fq_queue *q, const char *name, uint32_t *g_out)
 {
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
@@ -74,6 +74,21 @@ int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
         }
     }
     return FQ_ERR_NOENT;
+}
+
+/* Names are rewritten when a slot is reused, so they are compared under the
+ * admin mutex. */
+int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
+{
+    if (q->member < 0)
+        return FQ_ERR_INVAL;
+    if (!fq__admin_lock(q)) {
+        fq__set_err("the queue's group admin lock is held by a live process");
+        return FQ_TIMEOUT;
+    }
+    int rc = fq__group_find_locked(q, name, g_out);
+    fq__admin_unlock(q);
+    return rc;
 }
 
 int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *created)
@@ -100,7 +115,7 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
     }
     int rc = FQ_OK;
     uint32_t g;
-    if (fq_group_find(q, c->name, &g) == FQ_OK) {
+    if (fq__group_find_locked(q, c->name, &g) == FQ_OK) {
         struct fq_group_shm *G = fq__group(q, g);
         const char *dlq = c->dlq ? c->dlq : "";
         if (G->g_window_log2 != wlog || G->g_max_deliveries != c->max_deliveries ||
@@ -137,10 +152,10 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
     memset(G->g_dlq, 0, sizeof G->g_dlq);
     if (dl)
         memcpy(G->g_dlq, c->dlq, dl);
-    G->g_flags = FQ_G_GATING;
-    G->g_window_log2 = wlog;
-    G->g_max_deliveries = c->max_deliveries;
-    G->g_visibility_ms = c->visibility_ms;
+    FQ_CFG_STORE(G->g_flags, FQ_G_GATING);
+    FQ_CFG_STORE(G->g_window_log2, wlog);
+    FQ_CFG_STORE(G->g_max_deliveries, c->max_deliveries);
+    FQ_CFG_STORE(G->g_visibility_ms, c->visibility_ms);
     memcpy(G->g_backoff, c->backoff, sizeof G->g_backoff);
     atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
     atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
@@ -208,7 +223,7 @@ int fq_group_delete(fq_queue *q, const char *name)
         return FQ_TIMEOUT;
     }
     uint32_t g;
-    int rc = fq_group_find(q, name, &g);
+    int rc = fq__group_find_locked(q, name, &g);
     if (rc == FQ_OK) {
         /* Takers of the group see it gone (FQ_ERR_NOENT); producers stop
          * counting its low at once (F1 reads ACTIVE groups only). */
@@ -234,16 +249,19 @@ int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns)
     uint64_t w = fq__lw(m->seq, m->deliveries, (unsigned)q->member, FQ_L_LEASED);
     if (atomic_load_explicit(&L->l_w, FQ_ACQUIRE) != w)
         return FQ_ERR_LOST;
+    /* Two steps, so no scan ever reads a not-before that is not final:
+     * LEASED(me) -> RETRY(owner me: "nack in progress", skipped by scans),
+     * store the not-before, then RETRY(me) -> RETRY(none) (release).  A
+     * nacker killed in between leaves RETRY(me); recovery R4 finishes it. */
+    uint64_t mine = fq__lw(m->seq, m->deliveries, (unsigned)q->member, FQ_L_RETRY);
+    if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, mine, FQ_SEQCST, FQ_RELAXED))
+        return FQ_ERR_LOST;
+    atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
     uint64_t nb = (uint64_t)fq_now_ns() + delay_ns;
     atomic_store_explicit(&L->l_deadline_ns, nb, FQ_RELAXED);
-    atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
-    if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(m->seq, m->deliveries, FQ_OWNER_NONE, FQ_L_RETRY),
-                                                 FQ_SEQCST, FQ_RELAXED)) {
-        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
-        return FQ_ERR_LOST;
-    }
     FQ_CRASHPOINT("cons.after_nack");
-    fq__cas_min(&G->g_next_deadline, nb);
+    atomic_store_explicit(&L->l_w, fq__lw(m->seq, m->deliveries, FQ_OWNER_NONE, FQ_L_RETRY), FQ_RELEASE);
+    fq__deadline_insert(G, nb);
     atomic_fetch_add_explicit(&G->g_nacked, 1, FQ_RELAXED);
     fq__ec_notify(&q->ctrl->c_data_ec); /* waiters re-read g_next_deadline */
     return FQ_OK;
@@ -272,11 +290,12 @@ int fq_member_group(fq_queue *q, uint32_t g)
     if (q->member < 0 || g >= q->max_groups)
         return FQ_ERR_INVAL;
     struct fq_member_shm *m = &q->members[q->member];
-    if (m->m_group == g)
+    if (m->m_group == g && m->m_group_gen == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE))
         return FQ_OK;
     if (atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1)
         return FQ_ERR_INVAL; /* its count belongs to the other group: use another handle */
     m->m_group = g;
+    m->m_group_gen = atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE);
     atomic_thread_fence(FQ_RELEASE);
     return FQ_OK;
 }
@@ -284,11 +303,15 @@ int fq_member_group(fq_queue *q, uint32_t g)
 /* A copy of an ACTIVE group's settings (validated sizes, NUL-terminated). */
 int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64])
 {
-    if (g >= q->max_groups)
+    if (g >= q->max_groups || q->member < 0)
         return FQ_ERR_INVAL;
     struct fq_group_shm *G = fq__group(q, g);
-    if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+    if (!fq__admin_lock(q))
+        return FQ_TIMEOUT;
+    if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE) {
+        fq__admin_unlock(q);
         return FQ_ERR_NOENT;
+    }
     memcpy(name, G->g_name, 63);
     name[63] = 0;
     memcpy(dlq, G->g_dlq, 63);
@@ -301,5 +324,6 @@ int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], cha
     out->visibility_ms = G->g_visibility_ms;
     out->start_seq = G->g_start_seq;
     memcpy(out->backoff, G->g_backoff, sizeof out->backoff);
+    fq__admin_unlock(q);
     return FQ_OK;
 }

@@ -233,7 +233,8 @@ struct fq_member_shm {
     _Atomic uint64_t m_ack_word;    /* (records acked in m_group << 1) | pending; only this member writes it */
     _Atomic uint64_t m_ack_seq;     /* journal: the record whose ack is pending */
     uint32_t m_group;               /* the group this member acks in */
-    uint8_t m_reserved[20];
+    uint32_t m_group_gen;           /* ... in this generation of that group slot (g_gen) */
+    uint8_t m_reserved[16];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_intent) == 16, "member layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_name) == 40, "member layout");
@@ -260,6 +261,9 @@ FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
  *
  * Config fields (block 0, g_dlq) are written by the creator under the admin
  * mutex before g_state = ACTIVE (seq_cst) and never change while ACTIVE.
+ * The numeric ones are read and written with __atomic builtins (relaxed):
+ * a handle of a deleted group may still read them while the slot is reused.
+ * Names are only read under the admin mutex.
  * g_next_deadline: a lower bound of the earliest instant at which some
  * entry becomes takeable again (a lease expires, a nack delay ends); takers
  * scan the window only once it has passed, then raise it to the earliest
@@ -269,8 +273,8 @@ FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
  * SKIPPED) — g_low only grows (CAS-max) and only over terminal entries.
  * g_dispatch is a hint (CAS-max): takers start at max(g_low, g_dispatch) and
  * the per-entry CAS, not the hint, decides who gets a record.
- * g_retry_pending counts entries in RETRY state (>= the true number while a
- * recoverer is between its increment and its CAS).
+ * g_retry_pending counts entries in RETRY state (a statistic: a process
+ * killed between a transition and its count leaves it off by one).
  * ------------------------------------------------------------------------ */
 enum { FQ_G_FREE = 0, FQ_G_ACTIVE = 1, FQ_G_DELETING = 2 };
 #define FQ_G_GATING 0x1u
@@ -294,7 +298,8 @@ struct fq_group_shm {
     _Atomic uint64_t g_ec;
     _Atomic uint64_t g_next_deadline;  /* <= every LEASED deadline / RETRY not-before (CAS-min) */
     _Atomic uint32_t g_gen;            /* +1 at every create of this slot: stale handles notice */
-    uint8_t g_pad4[FQ_BLOCK - 28];
+    _Atomic uint32_t g_dl_seq;         /* +1 by every deadline insert (see fq__deadline_insert) */
+    uint8_t g_pad4[FQ_BLOCK - 32];
     _Atomic uint64_t g_delivered;
     _Atomic uint64_t g_redelivered;
     _Atomic uint64_t g_expired;

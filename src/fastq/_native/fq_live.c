@@ -114,6 +114,7 @@ int fq_join(fq_queue *q, uint32_t kind)
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_seq, 0, FQ_RELAXED);
         m->m_group = 0;
+        m->m_group_gen = atomic_load_explicit(&q->groups[0].g_gen, FQ_ACQUIRE);
         atomic_store_explicit(&m->m_heartbeat_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
         uint32_t exp = FQ_M_FREE;
         if (!atomic_compare_exchange_strong_explicit(&m->m_state, &exp, FQ_M_ALIVE, FQ_ACQREL, FQ_ACQUIRE)) {
@@ -147,17 +148,21 @@ static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
         for (uint64_t s = low; (int64_t)(ts - s) > 0 && s - low < W; s++) {
             struct fq_lease_shm *L = fq__lease(q, g, s);
             uint64_t w = atomic_load_explicit(&L->l_w, FQ_ACQUIRE);
-            if (!fq__lw_is(w, s) || fq__lw_st(w) != FQ_L_LEASED || fq__lw_owner(w) != id)
+            /* LEASED by it, or RETRY(it) = a nack it did not finish */
+            if (!fq__lw_is(w, s) || (fq__lw_st(w) != FQ_L_LEASED && fq__lw_st(w) != FQ_L_RETRY) ||
+                fq__lw_owner(w) != id)
                 continue;
+            int was_retry = fq__lw_st(w) == FQ_L_RETRY;
             atomic_store_explicit(&L->l_deadline_ns, (uint64_t)now, FQ_RELAXED);
-            atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+            if (!was_retry)
+                atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
             if (atomic_compare_exchange_strong_explicit(&L->l_w, &w,
                                                         fq__lw(s, fq__lw_deliv(w), FQ_OWNER_NONE, FQ_L_RETRY),
                                                         FQ_ACQREL, FQ_RELAXED)) {
-                fq__cas_min(&G->g_next_deadline, (uint64_t)now); /* takers scan for it now */
+                fq__deadline_insert(G, (uint64_t)now); /* takers scan for it now */
                 returned++;
                 FQ_CRASHPOINT("rec.mid_leases");
-            } else {
+            } else if (!was_retry) {
                 atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
             }
         }
@@ -173,12 +178,15 @@ static void fq__retire_acks(fq_queue *q, uint32_t id)
     uint64_t word = atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE);
     uint64_t count = word >> 1;
     uint32_t g = m->m_group;
-    if (g >= q->max_groups)
+    if (g >= q->max_groups || m->m_group_gen != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE)) {
+        atomic_store_explicit(&m->m_ack_word, 0, FQ_RELEASE); /* its group is gone */
         return;
+    }
     if (word & 1u) {
         uint64_t seq = atomic_load_explicit(&m->m_ack_seq, FQ_RELAXED);
         uint64_t w = atomic_load_explicit(&fq__lease(q, g, seq)->l_w, FQ_ACQUIRE);
-        if (fq__lw_is(w, seq) && fq__lw_st(w) == FQ_L_ACKED && fq__lw_owner(w) == id)
+        if (fq__lw_is(w, seq) && (fq__lw_st(w) == FQ_L_ACKED || fq__lw_st(w) == FQ_L_DEAD) &&
+            fq__lw_owner(w) == id)
             count++;
     }
     atomic_fetch_add_explicit(&fq__group(q, g)->g_acked, count, FQ_SEQCST);
@@ -232,8 +240,7 @@ static int fq__recovery_lock(fq_queue *q)
         if (atomic_compare_exchange_weak_explicit(&q->ctrl->c_recovery_owner, &cur, me, FQ_SEQCST, FQ_ACQUIRE))
             break;
     }
-    /* seq_cst: a taker that reads the old generation after its scan knows no
-     * recovery overlapped it (fq__take_due). */
+    /* diagnostic: how many times recovery ran */
     atomic_fetch_add_explicit(&q->ctrl->c_recovery_gen, 1, FQ_SEQCST);
     return 1;
 }

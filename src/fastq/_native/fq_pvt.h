@@ -92,9 +92,11 @@ static inline struct fq_desc_shm *fq__desc(fq_queue *q, uint64_t seq)
 static inline struct fq_group_shm *fq__group(fq_queue *q, uint32_t g) { return &q->groups[g]; }
 /* Lease window of group g: 2^g_window_log2 entries, clamped to the validated
  * window_max (a hostile value can shrink a window, never overrun it). */
+#define FQ_CFG_LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#define FQ_CFG_STORE(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
 static inline uint64_t fq__gw(fq_queue *q, uint32_t g)
 {
-    uint32_t l = fq__group(q, g)->g_window_log2;
+    uint32_t l = FQ_CFG_LOAD(fq__group(q, g)->g_window_log2);
     return (l < 32 && ((uint64_t)1 << l) <= q->window) ? (uint64_t)1 << l : q->window;
 }
 static inline struct fq_lease_shm *fq__lease(fq_queue *q, uint32_t g, uint64_t seq)
@@ -123,6 +125,7 @@ int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes);
 int fq__refresh_floor(fq_queue *q, uint64_t need_seq, uint64_t need_pos);
 void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo);
 void fq__cas_min(_Atomic uint64_t *a, uint64_t v);
+void fq__deadline_insert(struct fq_group_shm *G, uint64_t when);
 int fq__check_dynamic(fq_queue *q);
 void fq__set_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t fq__aborted(fq_queue *q);

@@ -134,9 +134,20 @@ uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok)
 
 void fq__cas_min(_Atomic uint64_t *a, uint64_t v)
 {
-    uint64_t cur = atomic_load_explicit(a, FQ_RELAXED);
-    while ((int64_t)(v - cur) < 0 && !atomic_compare_exchange_weak_explicit(a, &cur, v, FQ_ACQREL, FQ_RELAXED))
+    uint64_t cur = atomic_load_explicit(a, FQ_SEQCST);
+    while ((int64_t)(v - cur) < 0 && !atomic_compare_exchange_weak_explicit(a, &cur, v, FQ_SEQCST, FQ_SEQCST))
         ;
+}
+
+/* D1: publish that something becomes due at `when`.  A due-scan that ran
+ * concurrently may raise the hint past `when` after our first CAS-min; it
+ * only raises if g_dl_seq did not change, and we bump g_dl_seq and CAS-min
+ * again, so one of the two always leaves the hint <= when. */
+void fq__deadline_insert(struct fq_group_shm *G, uint64_t when)
+{
+    fq__cas_min(&G->g_next_deadline, when);
+    atomic_fetch_add_explicit(&G->g_dl_seq, 1, FQ_SEQCST);
+    fq__cas_min(&G->g_next_deadline, when);
 }
 
 void fq__cas_max(_Atomic uint64_t *a, uint64_t v, memory_order mo)
@@ -152,8 +163,8 @@ static uint64_t fq__min_low(fq_queue *q, uint64_t L, int *any)
     *any = 0;
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
-        if (atomic_load_explicit(&G->g_state, FQ_SEQCST) != FQ_G_ACTIVE || !(G->g_flags & FQ_G_GATING))
-            continue;
+        if (atomic_load_explicit(&G->g_state, FQ_SEQCST) != FQ_G_ACTIVE)
+            continue; /* every active group gates the ring */
         *any = 1;
         uint64_t low = atomic_load_explicit(&G->g_low, FQ_SEQCST); /* F1 */
         if ((int64_t)(low - L) < 0)
@@ -190,8 +201,14 @@ int fq__refresh_floor(fq_queue *q, uint64_t need_seq, uint64_t need_pos)
             uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
             if (!fq__cw_published(cw, L) || fq__cw_st(cw) == FQ_D_WRITING)
                 break; /* never reclaim a record a producer is still writing */
-            /* L >= floor: this descriptor cannot be recycled under us */
-            P = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
+            /* Other refreshers may move the floor and producers recycle
+             * desc[L] while we read it: validate like fq__pos_after. */
+            uint64_t P2 = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
+                          atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
+            atomic_thread_fence(FQ_ACQUIRE);
+            if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw)
+                return 1; /* recycled: the floor moved, start over */
+            P = P2;
             L++;
         }
         if (L == ts)
@@ -303,7 +320,7 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         h->f_len = FQ_FRAME_HDR + lens[i];
         h->f_crc = 0;
         h->f_seq = seq;
-        h->f_ts_ns = now;
+        __atomic_store_n(&h->f_ts_ns, now, __ATOMIC_RELAXED); /* stats read it racily (oldest age) */
         __atomic_store_n(&h->f_flags, (uint16_t)FQ_FR_DATA, __ATOMIC_RELAXED);
         h->f_version = FQ_FRAME_VERSION;
         h->f_type = 0;
@@ -391,10 +408,9 @@ static void fq__drop_corrupt(fq_queue *q, uint32_t g, uint64_t seq, uint64_t w)
  * A message whose next delivery would exceed max_deliveries is leased with
  * FQ_MSG_DEADLETTER: the caller copies it to the dead-letter queue, then
  * finishes it with fq_dead (copy first, then finish).
- * g_retry_pending may count an entry a recoverer has not flipped yet, or one
- * whose recoverer died between count and CAS; a scan that finds no RETRY
- * entry while no recovery ran (c_recovery_gen unchanged, mutex free) resets
- * such a phantom count from the value seen at its start. */
+ * g_retry_pending is a statistic only (nothing waits on it): exact while
+ * everyone lives; a process killed between a state change and its count
+ * leaves it off by one. */
 static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, int *corrupt)
 {
     struct fq_group_shm *G = fq__group(q, g);
@@ -404,15 +420,14 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
     int64_t now = fq_now_ns();
     if ((int64_t)nd0 > now)
         return 0;
-    uint32_t gen0 = atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST);
-    int64_t pending0 = atomic_load_explicit(&G->g_retry_pending, FQ_SEQCST);
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
     uint64_t end = fq_tail_seq(q), W = fq__gw(q, g);
     if ((int64_t)(end - low) > (int64_t)W)
         end = low + W;
-    uint32_t vis = G->g_visibility_ms, maxd = G->g_max_deliveries;
+    uint32_t vis = FQ_CFG_LOAD(G->g_visibility_ms), maxd = FQ_CFG_LOAD(G->g_max_deliveries);
+    uint32_t dlseq0 = atomic_load_explicit(&G->g_dl_seq, FQ_SEQCST);
     uint64_t next = INT64_MAX;
-    uint32_t n = 0, seen = 0;
+    uint32_t n = 0;
     int complete = 1;
     for (uint64_t s = low; (int64_t)(end - s) > 0; s++) {
         struct fq_lease_shm *L = fq__lease(q, g, s);
@@ -422,9 +437,9 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
         unsigned st = fq__lw_st(w);
         if (st != FQ_L_RETRY && st != FQ_L_LEASED)
             continue;
-        uint64_t due = atomic_load_explicit(&L->l_deadline_ns, FQ_RELAXED);
-        if (st == FQ_L_RETRY)
-            seen++;
+        if (st == FQ_L_RETRY && fq__lw_owner(w) != FQ_OWNER_NONE)
+            continue; /* a nack in progress (fq_nack): its not-before is not final yet */
+        uint64_t due = atomic_load_explicit(&L->l_deadline_ns, FQ_ACQUIRE);
         if (st == FQ_L_LEASED && due == 0)
             continue; /* no visibility timeout (or its taker has not stored it yet) */
         if ((int64_t)due > now) {
@@ -464,15 +479,15 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
             *corrupt = 1;
         }
     }
-    if (complete) {
-        /* raise the hint to what we saw, but only over a value that had passed */
-        uint64_t cur = atomic_load_explicit(&G->g_next_deadline, FQ_ACQUIRE);
+    if (complete && atomic_load_explicit(&G->g_dl_seq, FQ_SEQCST) == dlseq0) {
+        /* Raise the hint to what we saw, only over a value that had passed
+         * and only if no deadline was inserted during the scan (D1): an
+         * insert we may have missed keeps the hint passed, or lowers it
+         * again after our raise (fq__deadline_insert's second CAS-min). */
+        uint64_t cur = atomic_load_explicit(&G->g_next_deadline, FQ_SEQCST);
         while ((int64_t)cur <= now &&
-               !atomic_compare_exchange_weak_explicit(&G->g_next_deadline, &cur, next, FQ_ACQREL, FQ_ACQUIRE))
+               !atomic_compare_exchange_weak_explicit(&G->g_next_deadline, &cur, next, FQ_SEQCST, FQ_SEQCST))
             ;
-        if (seen == 0 && pending0 > 0 && atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_SEQCST) == 0 &&
-            atomic_load_explicit(&q->ctrl->c_recovery_gen, FQ_SEQCST) == gen0)
-            atomic_compare_exchange_strong_explicit(&G->g_retry_pending, &pending0, 0, FQ_SEQCST, FQ_RELAXED);
     }
     return n;
 }
@@ -509,7 +524,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
     uint64_t s = (int64_t)(disp - low) > 0 ? disp : low;
     unsigned me = (unsigned)q->member;
     uint64_t W = fq__gw(q, g);
-    uint32_t vis = G->g_visibility_ms;
+    uint32_t vis = FQ_CFG_LOAD(G->g_visibility_ms);
     int64_t deadline = vis ? fq_now_ns() + (int64_t)vis * 1000000 : 0;
     while (n < max) {
         if (s - low >= W) {
@@ -566,7 +581,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             FQ_CRASHPOINT("cons.after_lease");
             if (fq__fill(q, s, 1, &out[n])) {
                 if (deadline)
-                    fq__cas_min(&G->g_next_deadline, (uint64_t)deadline);
+                    fq__deadline_insert(G, (uint64_t)deadline);
                 n++;
             }
             else {
@@ -622,11 +637,11 @@ void fq__advance_low(fq_queue *q, uint32_t g)
         }
     }
     FQ_CRASHPOINT("cons.after_low");
-    if (moved && (G->g_flags & FQ_G_GATING))
+    if (moved)
         fq__ec_notify_if_waiters(&q->ctrl->c_space_ec); /* E2 */
 }
 
-static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, unsigned state)
+static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, unsigned state, uint32_t *done)
 {
     if (q->member < 0 || g >= q->max_groups)
         return FQ_ERR_INVAL;
@@ -636,7 +651,7 @@ static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, u
      * word, so plain stores; release so a recoverer reading the word sees
      * m_ack_seq.  A crash anywhere leaves the count exactly recoverable. */
     uint64_t count = atomic_load_explicit(&m->m_ack_word, FQ_RELAXED) >> 1;
-    int counts = m->m_group == g;
+    int counts = m->m_group == g && m->m_group_gen == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED);
     uint32_t lost = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = msgs[i].seq;
@@ -660,19 +675,25 @@ static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, u
     }
     if (counts)
         atomic_store_explicit(&m->m_ack_word, count << 1, FQ_RELEASE);
+    *done = n - lost;
     fq__advance_low(q, g);
     return lost ? FQ_ERR_LOST : FQ_OK;
 }
 
 /* Finish leased records: ACKED (processed) or DEAD (copied to the dead-letter
  * queue first).  FQ_ERR_LOST if any lease was no longer ours. */
-int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n) { return fq__finish(q, g, msgs, n, FQ_L_ACKED); }
+int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+{
+    uint32_t done;
+    return fq__finish(q, g, msgs, n, FQ_L_ACKED, &done);
+}
 
 int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
 {
-    int rc = fq__finish(q, g, msgs, n, FQ_L_DEAD);
-    if (rc == FQ_OK)
-        atomic_fetch_add_explicit(&fq__group(q, g)->g_dead, n, FQ_RELAXED);
+    uint32_t done = 0;
+    int rc = fq__finish(q, g, msgs, n, FQ_L_DEAD, &done);
+    if (done)
+        atomic_fetch_add_explicit(&fq__group(q, g)->g_dead, done, FQ_RELAXED);
     return rc;
 }
 
@@ -688,8 +709,9 @@ uint64_t fq__acked(fq_queue *q, uint32_t g)
         hwm = q->max_members;
     for (uint32_t i = 0; i < hwm; i++) {
         struct fq_member_shm *m = &q->members[i];
-        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_FREE || m->m_group != g)
-            continue;
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_FREE || m->m_group != g ||
+            m->m_group_gen != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED))
+            continue; /* counts of a deleted earlier group in this slot do not count here */
         acked += atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1;
     }
     return acked;

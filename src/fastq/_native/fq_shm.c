@@ -324,8 +324,8 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
         atomic_store_explicit(&q->groups[i].g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
     if (p->flags & FQ_P_NO_QUEUE_GROUP)
         goto publish;
-    g0->g_flags = FQ_G_GATING;
-    g0->g_window_log2 = (uint32_t)__builtin_ctzll(w);
+    FQ_CFG_STORE(g0->g_flags, FQ_G_GATING);
+    FQ_CFG_STORE(g0->g_window_log2, (uint32_t)__builtin_ctzll(w));
     g0->g_start_seq = s.s_base_seq;
     memcpy(g0->g_name, "queue", 6);
     atomic_store_explicit(&g0->g_low, s.s_base_seq, FQ_RELAXED);
