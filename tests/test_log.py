@@ -848,3 +848,26 @@ def test_log_close_and_unlink(mklog):
     log.close()
     with pytest.raises(ValueError):
         log.append(b"z")
+
+
+def test_batch_ack_counts_and_lost_leases(unique_name):
+    """Consumer.ack(messages) acks a batch; a message whose lease was lost is
+    not counted and not finished twice."""
+    log = fastq.open(unique_name, capacity=1 << 20)
+    try:
+        g = log.group("g", visibility_timeout=0.05, max_deliveries=None)
+        log.append_many([b"%d" % i for i in range(10)])
+        with g.consumer() as c, g.consumer() as other:
+            first = c.get_many(10, timeout=1.0)
+            assert [m.offset for m in first] == list(range(10))
+            time.sleep(0.1)                               # every lease expires
+            again = other.get_many(3, timeout=1.0)        # three are redelivered to `other`
+            assert len(again) == 3 and all(m.deliveries == 2 for m in again)
+            assert c.ack(first) == 7                      # the three lost leases are not acked
+            assert other.ack(again) == 3
+            with pytest.raises(ValueError):
+                c.ack(again)                              # not this consumer's messages
+        assert log.stats()["groups"]["g"]["unfinished"] == 0
+    finally:
+        log.unlink()
+        log.close()

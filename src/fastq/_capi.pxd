@@ -100,6 +100,7 @@ cdef extern from "fq.h" nogil:
     int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out)
     int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
     int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
+    int fq_ack_n(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, uint32_t *acked)
     int fq_group_open(fq_queue *q, const fq_group_cfg *cfg, uint32_t *g_out, int *created)
     int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
     int fq_group_delete(fq_queue *q, const char *name)

@@ -710,6 +710,32 @@ cdef class Ring:
             PyList_SET_ITEM(out, i, m)
         return out
 
+    def _g_ack_many(self, uint32_t g, list msgs):
+        """Ack a batch of this handle's messages with one low-watermark advance;
+        returns how many were acked (the others had lost their lease)."""
+        cdef Py_ssize_t n = len(msgs), i
+        cdef Message m
+        cdef N.fq_msg *buf
+        cdef uint32_t done = 0
+        self._check_mapped()
+        if n == 0:
+            return 0
+        buf = <N.fq_msg *>malloc(n * sizeof(N.fq_msg))
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                m = msgs[i]
+                if m._ring is not self or m._g != g:
+                    raise ValueError("ack_many() takes messages this consumer got")
+                buf[i] = m._m
+            rc = N.fq_ack_n(&self.q, g, buf, <uint32_t>n, &done)
+            if rc != N.FQ_OK and rc != N.FQ_ERR_LOST:
+                _raise(rc)
+            return done
+        finally:
+            free(buf)
+
     # ---- counts ---------------------------------------------------------
     def qsize(self):
         """Number of items put and not yet got (exact when no call is in flight)."""

@@ -326,6 +326,11 @@ class Consumer:
                     return
                 raise
 
+    def ack(self, messages: List[Message]) -> int:
+        """Ack a batch of messages this consumer got (one low-watermark
+        advance); returns how many were acked (a lost lease is not)."""
+        return self._ring._g_ack_many(self._g, list(messages))
+
     # -- nack / dead letters
     def _nack(self, m: Message, delay: Optional[float], reason: Optional[str]) -> bool:
         if self._max_deliveries and m.deliveries >= self._max_deliveries:

@@ -134,6 +134,7 @@ uint64_t fq_frame_bytes(uint32_t len);  /* arena bytes of one record, header inc
 int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_len, uint32_t *n_out);
 int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);
 int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);   /* finish as dead-lettered */
+int fq_ack_n(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, uint32_t *acked); /* fq_ack + how many */
 
 /* groups (fq_group.c) */
 int fq_group_open(fq_queue *q, const fq_group_cfg *cfg, uint32_t *g_out, int *created);

@@ -688,6 +688,12 @@ int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
     return fq__finish(q, g, msgs, n, FQ_L_ACKED, &done);
 }
 
+int fq_ack_n(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, uint32_t *acked)
+{
+    *acked = 0;
+    return fq__finish(q, g, msgs, n, FQ_L_ACKED, acked);
+}
+
 int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n)
 {
     uint32_t done = 0;
