@@ -399,3 +399,14 @@ def verify(results, expected, allow_dup=(), fifo_exempt=(), fifo_slack=0):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("not a script")
+
+
+def kill_all(procs):
+    """Kill (SIGKILL) and reap whatever of procs is still alive; never raises."""
+    for p in procs:
+        try:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+        except Exception:
+            pass

@@ -37,14 +37,6 @@ def _name():
     return f"fqtest-crash-{os.getpid()}-{uuid.uuid4().hex[:10]}"
 
 
-def _kill_all(procs):
-    for p in procs:
-        try:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        except Exception:
-            pass
 
 
 def _join(p, timeout=30.0):
@@ -125,7 +117,7 @@ def test_producer_crash_point(point, batch):
             assert _join(p) == 0
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -155,7 +147,7 @@ def test_two_producers_die_at_same_point_adjacent(point):
         W.verify([res], {0: k, 3: k, 1: 60})
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -180,7 +172,7 @@ def test_two_producers_die_concurrently(point):
             assert _join(p) == 0
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -212,7 +204,7 @@ def test_producer_dies_while_consumer_blocked(point):
         assert _join(getter) == 0
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -235,7 +227,7 @@ def test_dead_claim_of_first_record(point, batch):
         W.verify([res], {0: k, 1: 3})
         _assert_empty_and_usable(q)
     finally:
-        _kill_all([crasher])
+        W.kill_all([crasher])
         q.close()
 
 
@@ -280,7 +272,7 @@ def test_consumer_crash_point(point, many):
         assert set(seqs) <= set(range(2 * K))
         _assert_empty_and_usable(q)
     finally:
-        _kill_all([crasher])
+        W.kill_all([crasher])
         q.close()
 
 
@@ -315,7 +307,7 @@ def test_consumer_dies_with_lease_while_others_consume(tmp_path):
         assert len(pairs) - len(set(pairs)) <= 1
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -357,7 +349,7 @@ def test_recoverer_dies(point):
         assert _join(third) == 0
         _assert_empty_and_usable(q)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()
 
 
@@ -450,5 +442,5 @@ def test_kill_storm(capacity, method, tmp_path):
         with pytest.raises(fastq.Empty):
             q.get(timeout=0.3)
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         q.close()

@@ -42,14 +42,6 @@ def _cleanup(name):
             pass
 
 
-def _kill_all(procs):
-    for p in procs:
-        try:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
-        except Exception:
-            pass
 
 
 # --------------------------------------------------------------------------- children
@@ -240,7 +232,7 @@ def test_groups_of_competing_processes_with_kills(tmp_path):
             assert st[gname]["redelivered"] == sum(1 for (g_, o, d) in leases if g_ == gname and d > 1)
         assert elapsed < 50, f"took {elapsed:.1f} s"
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         log.close()
         _cleanup(name)
 
@@ -294,7 +286,7 @@ def _run_crash(point, nack_delay=0.0):
         assert st["low"] == 2 and st["unfinished"] == 0 and st["pending"] == 0 and st["redelivered"] == 1
         return took
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         log.close()
         _cleanup(name)
 
@@ -346,7 +338,7 @@ def test_consumer_killed_mid_batch_all_leases_return():
             assert all(m.ack() for m in got)
         assert g.stats()["low"] == 8
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         log.close()
         _cleanup(name)
 
@@ -391,6 +383,6 @@ def test_external_kill_of_consumer_holding_leases_blocked_getter_wakes():
         p.join(5)
         assert g.stats()["consumers"] == 0
     finally:
-        _kill_all(procs)
+        W.kill_all(procs)
         log.close()
         _cleanup(name)

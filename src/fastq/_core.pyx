@@ -810,6 +810,15 @@ cdef class Ring:
         return N.fq_tail_seq(&self.q)
 
 
+cdef object _lease_result(int rc):
+    """True: done; False: the lease was lost (expired, redelivered, returned)."""
+    if rc == N.FQ_OK:
+        return True
+    if rc == N.FQ_ERR_LOST:
+        return False
+    _raise(rc)
+
+
 cdef class Message:
     """One delivery of a record to a consumer of a group (a lease).
 
@@ -855,12 +864,7 @@ cdef class Message:
         redelivered, or recovery returned it): never finishes someone else's
         delivery."""
         self._check()
-        rc = N.fq_ack(&self._ring.q, self._g, &self._m, 1)
-        if rc == N.FQ_OK:
-            return True
-        if rc == N.FQ_ERR_LOST:
-            return False
-        _raise(rc)
+        return _lease_result(N.fq_ack(&self._ring.q, self._g, &self._m, 1))
 
     def nack(self, delay=None, reason=None):
         """Give the message back: visible again after ``delay`` seconds, or
@@ -875,30 +879,15 @@ cdef class Message:
         t = float(seconds)
         if not t >= 0:
             raise ValueError("'seconds' must be a non-negative number")
-        rc = N.fq_extend(&self._ring.q, self._g, &self._m, <uint64_t>(t * 1000.0 + 0.5))
-        if rc == N.FQ_OK:
-            return True
-        if rc == N.FQ_ERR_LOST:
-            return False
-        _raise(rc)
+        return _lease_result(N.fq_extend(&self._ring.q, self._g, &self._m, <uint64_t>(t * 1000.0 + 0.5)))
 
     def _nack_raw(self, double delay):
         self._check()
-        rc = N.fq_nack(&self._ring.q, self._g, &self._m, <uint64_t>(delay * 1e9))
-        if rc == N.FQ_OK:
-            return True
-        if rc == N.FQ_ERR_LOST:
-            return False
-        _raise(rc)
+        return _lease_result(N.fq_nack(&self._ring.q, self._g, &self._m, <uint64_t>(delay * 1e9)))
 
     def _dead(self):
         self._check()
-        rc = N.fq_dead(&self._ring.q, self._g, &self._m, 1)
-        if rc == N.FQ_OK:
-            return True
-        if rc == N.FQ_ERR_LOST:
-            return False
-        _raise(rc)
+        return _lease_result(N.fq_dead(&self._ring.q, self._g, &self._m, 1))
 
     def __repr__(self):
         return (f"<fastq.Message group={self.group!r} offset={self._m.seq} deliveries={self._m.deliveries} "
