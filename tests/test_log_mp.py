@@ -386,3 +386,49 @@ def test_external_kill_of_consumer_holding_leases_blocked_getter_wakes():
         W.kill_all(procs)
         log.close()
         _cleanup(name)
+
+
+def _crash_dead_letterer(name, ready):
+    log = fastq.open(name)
+    g = log.group("g", visibility_timeout=30.0, max_deliveries=1)
+    c = g.consumer()
+    m = c.get(timeout=10)
+    fastq._core.crash_arm("dlq.after_copy")
+    ready.set()
+    m.nack(reason="boom")          # at the limit: copy to the DLQ, then die before finishing
+    os._exit(3)
+
+
+def test_consumer_killed_between_dead_letter_copy_and_finish():
+    """Copy first, then finish: a consumer killed between the two leaves the
+    message in the DLQ; the lease comes back, the next consumer dead-letters
+    it again (a duplicate in the DLQ, never a loss) and it is finished."""
+    name = _name()
+    log = fastq.open(name, capacity=1 << 16)
+    procs = []
+    try:
+        g = log.group("g", visibility_timeout=30.0, max_deliveries=1)
+        log.append(b"poison")
+        ready = fork.Event()
+        p = fork.Process(target=_crash_dead_letterer, args=(name, ready))
+        procs.append(p)
+        p.start()
+        p.join(10)
+        assert p.exitcode == -signal.SIGKILL, f"exit {p.exitcode}: crash point not reached"
+        with g.consumer() as c:
+            assert c.get_many(10, timeout=1.5) == []     # it was dead-lettered, not redelivered
+        st = g.stats()
+        assert st["unfinished"] == 0 and st["dead_lettered"] == 1 and st["low"] == 1, st
+        dlq = fastq.open(name + ".dlq")
+        try:
+            with dlq.group("inspect").consumer() as d:
+                letters = [fastq.DeadLetter.decode(m.data) for m in d.get_many(10, timeout=1.0)]
+        finally:
+            dlq.close()
+        assert len(letters) == 2, letters                 # the dead consumer's copy + the survivor's
+        assert {(x.offset, x.data, x.group) for x in letters} == {(0, b"poison", "g")}
+        assert letters[0].reason == "boom"
+    finally:
+        W.kill_all(procs)
+        log.close()
+        _cleanup(name)

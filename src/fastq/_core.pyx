@@ -99,6 +99,12 @@ cdef bytes _encode_name(object name):
     return name.encode()
 
 
+def crashpoint(str name):
+    """A named crash point in Python code (tests arm it with crash_arm)."""
+    b = name.encode()
+    N.FQ_CRASHPOINT(b)
+
+
 def unlink(name):
     """Remove the named queue.  Processes that have it open keep using it."""
     rc = N.fq_unlink(_encode_name(name))

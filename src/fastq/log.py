@@ -348,6 +348,7 @@ class Consumer:
                 self._dlq = open(self._dlq_name)
             self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
                                         m.timestamp, m.data).encode())
+            _core.crashpoint("dlq.after_copy")
         return m._dead()
 
     # -- lifecycle
