@@ -118,6 +118,7 @@ cdef extern from "fq.h" nogil:
     int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns)
     int fq_wait_done(fq_queue *q, int64_t deadline_ns)
     int64_t fq_now_ns()
+    int64_t fq_clock_skew_ns
 
     int fq_maintain(fq_queue *q, int force)
     int fq_member_alive(fq_queue *q, uint32_t id)

@@ -99,6 +99,13 @@ cdef bytes _encode_name(object name):
     return name.encode()
 
 
+def _advance_clock(double seconds):
+    """Test hook: make fastq's clock in this process jump ahead (lease
+    deadlines, nack delays).  Returns the total skew in seconds."""
+    N.fq_clock_skew_ns += <int64_t>(seconds * 1e9)
+    return N.fq_clock_skew_ns / 1e9
+
+
 def crashpoint(str name):
     """A named crash point in Python code (tests arm it with crash_arm)."""
     b = name.encode()

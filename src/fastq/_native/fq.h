@@ -166,7 +166,8 @@ uint64_t fq_unfinished(fq_queue *q);
 int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin_ns);  /* spin_ns: busy-wait first */
 int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns);
 int fq_wait_done(fq_queue *q, int64_t deadline_ns);
-int64_t fq_now_ns(void);       /* CLOCK_MONOTONIC */
+int64_t fq_now_ns(void);       /* CLOCK_MONOTONIC (+ fq_clock_skew_ns, a test hook) */
+extern int64_t fq_clock_skew_ns;
 int64_t fq_realtime_ns(void);  /* CLOCK_REALTIME */
 
 /* liveness and recovery (fq_live.c) */

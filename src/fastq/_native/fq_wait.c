@@ -39,11 +39,17 @@
 #error "fastq's eventcount layout assumes little-endian (epoch = high half at byte offset 4)"
 #endif
 
+/* Test hook: a process-local offset added to fq_now_ns (lease deadlines,
+ * nack delays, expiry), so property tests can make time pass without
+ * sleeping.  Never set outside tests; waits subtract it again when they
+ * hand an absolute deadline to the kernel. */
+int64_t fq_clock_skew_ns = 0;
+
 int64_t fq_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + __atomic_load_n(&fq_clock_skew_ns, __ATOMIC_RELAXED);
 }
 
 int64_t fq_realtime_ns(void)
@@ -93,6 +99,7 @@ static void fq__ec_park(_Atomic uint64_t *ec, uint32_t key, int64_t deadline_ns)
 {
     if (deadline_ns <= fq_now_ns())
         return;
+    deadline_ns -= __atomic_load_n(&fq_clock_skew_ns, __ATOMIC_RELAXED); /* kernel time */
     struct timespec abs = {.tv_sec = deadline_ns / 1000000000, .tv_nsec = deadline_ns % 1000000000};
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; EINTR,
      * EAGAIN (epoch already moved) and ETIMEDOUT all just return. */
