@@ -3,6 +3,9 @@
 Groups (compare within a group):
   roundtrip-<size>   put + get of one message in one process (fastq, faster-fifo, mp.Queue)
   batch-256x64B      put_many of 256 x 64 B + get_many until all 256 are back
+  group-consume-ack  fastq.Log consumer group, in one process: get_many(256) of
+                     64 B records + one batch ack (the 256 records are appended
+                     in the untimed setup of each round)
   process-1x1        one "1x1 single" cell of fastq._bench (spawned producer and
                      consumer processes); the throughput is in extra_info["msg_per_s"],
                      the timed figure includes process start-up.
@@ -11,6 +14,7 @@ Groups (compare within a group):
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 
@@ -87,6 +91,33 @@ def test_batch_256x64(benchmark, ops):
 
     out = benchmark(batch)
     assert len(out) == BATCH and out[0] == msgs[0] and out[-1] == msgs[-1]
+
+
+def test_group_consume_ack(benchmark, fastq_mod):
+    """Consume + batch ack of 256 x 64 B records by one consumer of a group."""
+    benchmark.group = "group-consume-ack"
+    log = fastq_mod.open(f"bench-group-{os.getpid()}", capacity=CAPACITY, window=4096)
+    try:
+        g = log.group("bench", start="earliest", visibility_timeout=30.0, max_deliveries=None,
+                      dead_letter=None, window=4096)
+        records = [_payload(64) for _ in range(BATCH)]
+        with g.consumer() as c:
+            get_many, ack = c.get_many, c.ack
+
+            def consume_ack():
+                msgs = get_many(BATCH, timeout=1.0)
+                return len(msgs), ack(msgs), msgs[0].data
+
+            got, acked, first = benchmark.pedantic(
+                consume_ack, setup=lambda: log.append_many(records) and None,
+                rounds=200, iterations=1, warmup_rounds=5)
+        assert got == acked == BATCH and first == records[0]
+        st = g.stats()
+        assert st["pending"] == 0 and st["lag"] == 0 and st["redelivered"] == 0
+        benchmark.extra_info["records_per_round"] = BATCH
+    finally:
+        log.unlink()
+        log.close()
 
 
 _PEER_MODULE = {"faster-fifo": "faster_fifo", "zmq": "zmq"}

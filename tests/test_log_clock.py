@@ -12,6 +12,7 @@ exactly, ack/extend True exactly when the lease is still the caller's (even
 past its deadline, until someone else took it), at most one holder per
 record, low-watermark monotone, stats (pending, expired, redelivered).
 """
+import os
 import uuid
 
 import pytest
@@ -20,6 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import fastq
+
+# FASTQ_PROPERTY_SCALE=10 runs 10x the examples (on demand; CI runs 1x)
+SCALE = max(1, int(os.environ.get("FASTQ_PROPERTY_SCALE", "1")))
 
 VIS = 30.0
 WINDOW = 16
@@ -117,5 +121,5 @@ class ExpiryMachine(RuleBasedStateMachine):
 
 
 TestExpiry = ExpiryMachine.TestCase
-TestExpiry.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+TestExpiry.settings = settings(max_examples=60 * SCALE, stateful_step_count=40, deadline=None,
                                suppress_health_check=[HealthCheck.too_slow])

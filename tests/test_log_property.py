@@ -11,6 +11,7 @@ redelivered, nacked, dead_lettered, consumers), no record leased to two
 consumers, and at the end every record is acked or dead-lettered exactly once.
 """
 import sys
+import os
 import uuid
 
 import pytest
@@ -19,6 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import fastq
+
+# FASTQ_PROPERTY_SCALE=10 runs 10x the examples (on demand; CI runs 1x)
+SCALE = max(1, int(os.environ.get("FASTQ_PROPERTY_SCALE", "1")))
 
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fastq is Linux-only"),
               pytest.mark.timeout(300)]
@@ -299,6 +303,6 @@ class GroupMachine(RuleBasedStateMachine):
             self.log.close()
 
 
-GroupMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None,
+GroupMachine.TestCase.settings = settings(max_examples=300 * SCALE, stateful_step_count=60, deadline=None,
                                           suppress_health_check=list(HealthCheck))
 TestGroupMachine = GroupMachine.TestCase

@@ -1,6 +1,7 @@
 """Model-based test: a raw-bytes fastq.Queue against a deque over random operation sequences."""
 import collections
 import queue
+import os
 import uuid
 
 import pytest
@@ -9,6 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import fastq
+
+# FASTQ_PROPERTY_SCALE=10 runs 10x the examples (on demand; CI runs 1x)
+SCALE = max(1, int(os.environ.get("FASTQ_PROPERTY_SCALE", "1")))
 
 from conftest import _remove
 
@@ -163,6 +167,6 @@ class QueueModel(RuleBasedStateMachine):
             assert self.q.qsize() == len(self.model)
 
 
-QueueModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
+QueueModel.TestCase.settings = settings(max_examples=150 * SCALE, stateful_step_count=40, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
 TestQueueModel = QueueModel.TestCase

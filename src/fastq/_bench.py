@@ -40,6 +40,14 @@ Ping-pong: process A puts a 64 B message on queue 1, process B gets it and puts
 it back on queue 2, A gets it; every round trip is timed with
 ``perf_counter_ns`` after a warm-up, and p50 / p99 are reported.
 
+Consumer groups (``--scenarios groups``, part of the default run): fastq.Log
+consumer groups against Redis Streams consumer groups on loopback, one producer
+process and 1 or 4 consumer processes, 64 B records, get_many(256) + batch ack
+(or per-message ack) against XREADGROUP COUNT 256 + XACK, pipelined.  The
+benchmark starts its own ``redis-server`` (free port, temp dir, no persistence)
+and always stops it; without redis-server or redis-py the Redis cells are skipped
+with a note.  The timing protocol is in the comment above ``GROUP_CELLS``.
+
 The ratio column is *fastq advantage*: fastq rate / peer rate for throughput
 cells, peer latency / fastq latency for ping-pong; > 1 means fastq is better.
 """
@@ -64,7 +72,8 @@ import traceback
 from functools import partial
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-__all__ = ["main", "run_cell", "SCENARIOS", "ADAPTERS", "scenario_by_name"]
+__all__ = ["main", "run_cell", "SCENARIOS", "ADAPTERS", "scenario_by_name", "run_group_cell",
+           "run_groups", "GROUP_CELLS", "RedisServer"]
 
 # --------------------------------------------------------------------------
 # configuration
@@ -762,10 +771,11 @@ class _ForeignCpu:
     (children count once reaped), divided by wall time.  Linux only.
     """
 
-    def __init__(self):
+    def __init__(self, pids: Sequence[int] = ()):
         import resource
         self._res = resource
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.pids = tuple(pids)  # also ours: helpers that are not reaped (redis-server)
         self.t0 = time.monotonic()
         self.s0 = _cpu_times()
         self.u0 = self._ours()
@@ -773,7 +783,15 @@ class _ForeignCpu:
     def _ours(self):
         r = self._res
         a, b = r.getrusage(r.RUSAGE_SELF), r.getrusage(r.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+        t = a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    v = f.read().rsplit(")", 1)[1].split()
+                t += (int(v[11]) + int(v[12])) / self.hz  # utime + stime
+            except (OSError, ValueError, IndexError):
+                pass
+        return t
 
     def stop(self) -> Optional[float]:
         s1 = _cpu_times()
@@ -1053,9 +1071,11 @@ def _parse(argv):
                    help="seconds of timed traffic per cell (overrides --quick)")
     p.add_argument("--scenarios", default="",
                    help="comma-separated subset: " + ", ".join(s.name for s in SCENARIOS)
-                   + ", numpy (aliases: single, batched, 64k, pingpong, 2x2, threads)")
+                   + ", numpy, groups (aliases: single, batched, 64k, pingpong, 2x2, threads)"
+                   "; groups = consumer groups, fastq.Log against Redis Streams")
     p.add_argument("--impls", default="",
-                   help="comma-separated subset of: " + ", ".join(ADAPTERS))
+                   help="comma-separated subset of: " + ", ".join(ADAPTERS)
+                   + ", redis (redis: the groups scenario only)")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is reported")
     p.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY,
                    help="bytes of buffering for bounded queues (default 16 MiB)")
@@ -1113,16 +1133,542 @@ def numpy_cell(duration: float = DEFAULT_DURATION, capacity: int = 256 << 20, ro
         q.close()
 
 
+# --------------------------------------------------------------------------
+# consumer groups: fastq.Log groups side by side with Redis Streams groups
+# --------------------------------------------------------------------------
+#
+# One producer process appends 64 B records in batches of 256 for `duration`
+# seconds (fastq: Log.append_many; Redis: 256 XADDs in one pipeline), then
+# 1-byte end markers, re-offered every 2 ms until every consumer is done (as in
+# the queue cells).  Consumer processes of one group lease 256 at a time and ack
+# them (fastq: Consumer.get_many(256) + Consumer.ack(batch) or Message.ack()
+# each; Redis: XREADGROUP COUNT 256, with the XACK of the previous batch sent
+# in the same pipeline round trip).  A consumer stops at the first end marker
+# it gets; a group delivers in offset order, so every record before it has been
+# delivered, to this consumer or to another one that is still running.
+# Rate = records acked / (last consumer end - producer start).  Verified: the
+# records acked equal the records appended, every ack succeeded, and the group
+# has nothing pending at the end (fastq: no redelivery either).
+
+GROUP_NAME = "bench"
+GROUP_LOG_CAPACITY = 256 << 20
+GROUP_WINDOW = 4096
+GROUP_IMPLS = ("fastq", "redis")
+GROUPS_IN_DEFAULT_RUN = True  # the section takes ~15 s at 1 s per cell
+
+
+class GroupCell(NamedTuple):
+    name: str
+    consumers: int
+    ack: str  # "batch" | "each"
+    doc: str
+
+
+GROUP_CELLS: List[GroupCell] = [
+    GroupCell("1 consumer, batch ack", 1, "batch",
+              "1 producer -> 1 consumer: get_many(256) + ack(batch) / XREADGROUP COUNT 256 + "
+              "one XACK of 256 ids (pipelined with the next XREADGROUP)"),
+    GroupCell("4 consumers, batch ack", 4, "batch",
+              "1 producer -> 4 consumer processes in one group, as above"),
+    GroupCell("1 consumer, per-message ack", 1, "each",
+              "1 producer -> 1 consumer: get_many(256) + m.ack() per message / XREADGROUP "
+              "COUNT 256 + 256 one-id XACKs (pipelined)"),
+]
+
+
+def _group_settings() -> dict:
+    return dict(start="earliest", visibility_timeout=30.0, max_deliveries=None,
+                dead_letter=None, window=GROUP_WINDOW)
+
+
+def _group_producer(impl: str, target: Any, gc: GroupCell, payload: bytes, duration: float,
+                    wait: Callable[[], None], finished) -> dict:
+    batch = [bytes(bytearray(payload)) for _ in range(BATCH)]  # distinct objects
+    if impl == "fastq":
+        from .log import open as log_open
+        log = log_open(target, create=False)
+        append_many = partial(log.append_many, timeout=MARKER_TIMEOUT)
+
+        def put_batch():
+            append_many(batch)
+
+        def send_marker():
+            log.append(b"\x00", timeout=1.0)
+
+        close = log.close
+    else:
+        import redis
+        host, port, key = target
+        r = redis.Redis(host=host, port=port)
+        pipe = r.pipeline(transaction=False)
+        cmd = pipe.execute_command
+        fields = [(b"d", m) for m in batch]
+
+        def put_batch():
+            for f, v in fields:
+                cmd("XADD", key, "*", f, v)
+            pipe.execute()
+
+        def send_marker():
+            r.execute_command("XADD", key, "*", b"d", b"\x00")
+
+        close = r.close
+    wait()  # phase 1: the producer is open
+    wait()  # phase 2: every consumer is open
+    n = 0
+    t0 = _perf()
+    deadline = t0 + duration
+    while True:
+        put_batch()
+        n += BATCH
+        if _perf() >= deadline:
+            break
+    t_end = _perf()
+    hard = time.monotonic() + MARKER_TIMEOUT
+    for _ in range(gc.consumers):
+        send_marker()
+    while finished.value < gc.consumers and time.monotonic() < hard:
+        time.sleep(0.002)
+        if finished.value < gc.consumers:
+            send_marker()
+    close()
+    return {"role": "producer", "index": 0, "count": n, "t0": t0, "t_end": t_end}
+
+
+def _group_consumer(impl: str, target: Any, gc: GroupCell, index: int, payload: bytes,
+                    duration: float, wait: Callable[[], None], finished) -> dict:
+    n = acked = bad = 0
+    wait()  # phase 1: the producer is open
+    if impl == "fastq":
+        from .log import open as log_open
+        log = log_open(target, create=False)
+        c = log.group(GROUP_NAME, **_group_settings()).consumer()
+        get_many = partial(c.get_many, BATCH, timeout=1.0)
+        ack_batch = c.ack
+        per_message = gc.ack == "each"
+        wait()  # phase 2
+        hard = time.monotonic() + duration + MARKER_TIMEOUT + STARTUP_TIMEOUT
+        first = True
+        while True:
+            msgs = get_many()
+            if not msgs:
+                if time.monotonic() > hard:
+                    raise TimeoutError(f"no end marker after {n} records")
+                continue
+            if first:
+                first = False
+                bad += (msgs[0].data != payload and len(msgs[0].data) != 1)
+            if per_message:
+                for m in msgs:
+                    if m.ack():
+                        acked += 1
+            else:
+                acked += ack_batch(msgs)
+            if len(msgs[-1].data) == 1 or len(msgs[0].data) == 1:  # end marker(s): slow path
+                n += sum(1 for m in msgs if len(m.data) != 1)
+                acked -= sum(1 for m in msgs if len(m.data) == 1)  # markers are not records
+                break
+            n += len(msgs)
+        t1 = _perf()
+        c.close()
+        log.close()
+    else:
+        import redis
+        host, port, key = target
+        r = redis.Redis(host=host, port=port)
+        pipe = r.pipeline(transaction=False)
+        me = f"c{index}"
+        streams = {key: ">"}
+        xack, xreadgroup, execute = pipe.xack, pipe.xreadgroup, pipe.execute
+        per_message = gc.ack == "each"
+        wait()  # phase 2
+        hard = time.monotonic() + duration + MARKER_TIMEOUT + STARTUP_TIMEOUT
+        ids: list = []
+        first = True
+        while True:
+            if ids:
+                if per_message:
+                    for i in ids:
+                        xack(key, GROUP_NAME, i)
+                else:
+                    xack(key, GROUP_NAME, *ids)
+            xreadgroup(GROUP_NAME, me, streams, count=BATCH, block=1000)
+            res = execute()
+            if ids:
+                acked += sum(res[:-1])
+            resp = res[-1]
+            entries = resp[0][1] if resp else []
+            ids = [e[0] for e in entries]
+            if not entries:
+                if time.monotonic() > hard:
+                    raise TimeoutError(f"no end marker after {n} records")
+                continue
+            if first:
+                first = False
+                d = entries[0][1][b"d"]
+                bad += (d != payload and len(d) != 1)
+            if len(entries[-1][1][b"d"]) == 1 or len(entries[0][1][b"d"]) == 1:
+                markers = sum(1 for e in entries if len(e[1][b"d"]) == 1)
+                n += len(entries) - markers
+                acked += r.xack(key, GROUP_NAME, *ids) - markers
+                break
+            n += len(entries)
+        t1 = _perf()
+        r.close()
+    with finished.get_lock():
+        finished.value += 1
+    return {"role": "consumer", "index": index, "count": n, "acked": acked, "t1": t1,
+            "bad_payloads": bad}
+
+
+def _group_worker(impl: str, role: str, index: int, target: Any, gc: GroupCell, payload: bytes,
+                  duration: float, barrier, finished, conn) -> None:
+    try:
+        wait = partial(barrier.wait, STARTUP_TIMEOUT)
+        try:
+            if role == "producer":
+                res = _group_producer(impl, target, gc, payload, duration, wait, finished)
+            else:
+                res = _group_consumer(impl, target, gc, index, payload, duration, wait, finished)
+        except BaseException:
+            barrier.abort()  # nobody waits STARTUP_TIMEOUT for a worker that is gone
+            raise
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        res = {"role": role, "index": index,
+               "error": f"{e.__class__.__name__}: {e}\n{traceback.format_exc()}"}
+    try:
+        conn.send(res)
+    finally:
+        conn.close()
+
+
+class RedisServer:
+    """A throw-away redis-server on 127.0.0.1 (free port, temp dir, no persistence)."""
+
+    def __init__(self):
+        self.proc = None
+        self.dir = None
+        self.port = None
+        self.version = "?"
+
+    @staticmethod
+    def unavailable() -> Optional[str]:
+        missing = []
+        if shutil.which("redis-server") is None:
+            missing.append("redis-server is not on PATH (apt-get install -y redis-server)")
+        try:
+            import redis  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            missing.append(f"the redis package is not importable ({e.__class__.__name__}; "
+                           "pip install redis)")
+        return "; ".join(missing) or None
+
+    def start(self, timeout: float = 10.0) -> None:
+        import socket
+        import subprocess
+        import redis
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="fastq-bench-redis-")
+        self._log = open(os.path.join(self.dir, "redis.log"), "wb")
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
+            cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        end = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
+                                   + self.log_tail())
+            try:
+                r = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0)
+                if r.ping():
+                    self.version = r.info("server").get("redis_version", "?")
+                    r.close()
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError("redis-server did not answer PING within "
+                                   f"{timeout:g} s: " + self.log_tail())
+            time.sleep(0.05)
+
+    def log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "redis.log"), "rb") as f:
+                return f.read()[-500:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def client(self):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=30.0)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis-server shuts down (nothing to save)
+            try:
+                self.proc.wait(5.0)
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+                self.proc.kill()
+                self.proc.wait(5.0)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _redis_client_version() -> str:
+    try:
+        import redis
+        from redis.utils import HIREDIS_AVAILABLE
+        return f"redis-py {redis.__version__}" + (
+            f", hiredis {_dist_version('hiredis')}" if HIREDIS_AVAILABLE else ", no hiredis")
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+_group_seq = 0
+
+
+def run_group_cell(gc: GroupCell | str, impl: str, duration: float = DEFAULT_DURATION,
+                   redis_server: Optional[RedisServer] = None) -> dict:
+    """Run one consumer-group cell ("fastq" or "redis") once; result dict like run_cell.
+
+    For "redis", pass a started RedisServer."""
+    global _group_seq
+    if isinstance(gc, str):
+        gc = next(c for c in GROUP_CELLS if _norm(c.name) == _norm(gc))
+    if impl not in GROUP_IMPLS:
+        raise ValueError(f"unknown consumer-group implementation {impl!r}")
+    _group_seq += 1
+    payload = bytes((i * 7 + 3) & 0xFF for i in range(64))
+    ctx = multiprocessing.get_context("spawn")
+    cell: Dict[str, Any] = {"scenario": gc.name, "impl": impl, "duration": duration,
+                            "background_cpus": background_load()}
+    deadline = time.monotonic() + STARTUP_TIMEOUT + duration * 3 + MARKER_TIMEOUT
+    procs: List[multiprocessing.Process] = []
+    conns: Dict[str, Any] = {}
+    log = None
+    rc = None
+    results: List[dict] = []
+    notes: List[str] = []
+    final: Dict[str, Any] = {}
+    try:
+        foreign = _ForeignCpu([redis_server.proc.pid] if impl == "redis" and redis_server
+                              and redis_server.proc else [])
+    except Exception:  # noqa: BLE001 - not Linux
+        foreign = None
+    try:
+        if impl == "fastq":
+            from .log import open as log_open
+            target = f"fastq-bench-groups-{os.getpid()}-{_group_seq}"
+            log = log_open(target, capacity=GROUP_LOG_CAPACITY, max_groups=16, window=GROUP_WINDOW)
+            log.group(GROUP_NAME, **_group_settings())
+        else:
+            if redis_server is None:
+                raise ValueError("run_group_cell(..., 'redis') needs a started RedisServer")
+            target = ("127.0.0.1", redis_server.port, f"fastq-bench:{os.getpid()}:{_group_seq}")
+            rc = redis_server.client()
+            rc.delete(target[2])
+            rc.xgroup_create(target[2], GROUP_NAME, id="0", mkstream=True)
+        roles = [("producer", 0)] + [("consumer", i) for i in range(gc.consumers)]
+        barrier = ctx.Barrier(len(roles))
+        finished = ctx.Value("i", 0)
+        for role, idx in roles:
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_group_worker, name=f"bench-group-{role}{idx}-{impl}",
+                            args=(impl, role, idx, target, gc, payload, duration, barrier,
+                                  finished, w), daemon=True)
+            p.start()
+            w.close()
+            procs.append(p)
+            conns[f"{role}{idx}"] = r
+        results = list(_collect(conns, deadline).values())
+    finally:
+        notes = _reap(procs)
+        try:
+            if log is not None:
+                st = log.stats()["groups"][GROUP_NAME]
+                final = {k: st[k] for k in ("pending", "delivered", "redelivered", "expired",
+                                            "acked", "lag")}
+                log.unlink()
+                log.close()
+            if rc is not None:
+                info = next((g for g in rc.xinfo_groups(target[2])
+                             if g["name"] in (GROUP_NAME, GROUP_NAME.encode())), {})
+                final = {"pending": info.get("pending"), "lag": info.get("lag"),
+                         "length": rc.xlen(target[2])}
+                rc.delete(target[2])
+                rc.close()
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"clean-up failed: {e!r}")
+    cell["foreign_cpus"] = foreign.stop() if foreign is not None else None
+    cell["workers"] = results
+    cell["group_state"] = final
+    errors = [f"{r.get('role')}{r.get('index', '')}: {r['error']}" for r in results if "error" in r]
+    errors += notes
+    for p in procs:
+        if p.exitcode not in (0, None, -15, -9):
+            errors.append(f"{p.name} exit code {p.exitcode}")
+    if errors:
+        cell.update(status="error", error="; ".join(errors))
+        return cell
+    prods = [r for r in results if r["role"] == "producer"]
+    cons = [r for r in results if r["role"] == "consumer"]
+    sent = sum(r["count"] for r in prods)
+    got = sum(r["count"] for r in cons)
+    acked = sum(r["acked"] for r in cons)
+    bad = sum(r["bad_payloads"] for r in cons)
+    problems = []
+    if sent != got or len(prods) != 1 or len(cons) != gc.consumers:
+        problems.append(f"producer appended {sent}, consumers got {got} "
+                        f"({[r['count'] for r in cons]})")
+    if acked != got:
+        problems.append(f"{got} records received but {acked} acks succeeded")
+    if bad:
+        problems.append(f"{bad} bad payloads")
+    if final.get("pending"):
+        problems.append(f"{final['pending']} still pending in the group at the end")
+    if impl == "fastq" and (final.get("redelivered") or final.get("expired")):
+        problems.append(f"redelivered {final.get('redelivered')}, expired {final.get('expired')}")
+    if problems:
+        cell.update(status="error", error="; ".join(problems))
+        return cell
+    t0 = prods[0]["t0"]
+    elapsed = max(r["t1"] for r in cons) - t0
+    cell.update(status="ok", messages=got, elapsed=elapsed, rate=got / elapsed,
+                mb_s=got * 64 / elapsed / 1e6,
+                producer_rate=sent / (prods[0]["t_end"] - t0))
+    return cell
+
+
+def _group_summary(runs: List[dict]) -> dict:
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return {"status": "error", "error": runs[-1].get("error", "?") if runs else "no runs"}
+    s: Dict[str, Any] = {"status": "ok" if len(ok) == len(runs) else "partial",
+                         "runs_ok": len(ok), "runs": len(runs),
+                         "busy_runs": sum(1 for r in runs if _noisy(r)),
+                         "rate": statistics.median(r["rate"] for r in ok),
+                         "producer_rate": statistics.median(r["producer_rate"] for r in ok)}
+    if len(ok) != len(runs):
+        s["error"] = next(r["error"] for r in runs if r["status"] != "ok")
+    return s
+
+
+def format_group_table(rows: List[dict]) -> str:
+    """rows: [{scenario, impl, summary}] of consumer-group cells -> plain-text table."""
+    by_cell: Dict[str, Dict[str, dict]] = {}
+    for r in rows:
+        by_cell.setdefault(r["scenario"], {})[r["impl"]] = r["summary"]
+    head = ("consumer groups (1 producer)", "implementation", "acked", "producer",
+            "fastq / redis")
+    lines = []
+    for name, impls in by_cell.items():
+        fq, rd = impls.get("fastq"), impls.get("redis")
+        for impl, s in impls.items():
+            if s["status"] == "error":
+                lines.append((name, impl, "FAILED", "", "-"))
+                continue
+            ratio = ""
+            if impl == "fastq":
+                ratio = "n/a" if rd is None or rd["status"] == "error" else \
+                    f"{s['rate'] / rd['rate']:.1f}"
+            lines.append((name, impl, _fmt_rate(s["rate"], "msg/s")
+                          + (" *" if s.get("busy_runs") else ""),
+                          _fmt_rate(s["producer_rate"], "msg/s"), ratio))
+    w = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
+         for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)),
+           "  ".join("-" * x for x in w)]
+    out += ["  ".join(c.ljust(w[i]) for i, c in enumerate(l)).rstrip() for l in lines]
+    out.append("acked: 64 B records acked per second by the group, from the producer's start to "
+               "the last consumer's end; producer: append rate while it ran. "
+               "fastq / redis: ratio of the acked rates (> 1: fastq is faster).")
+    if any(r["summary"].get("busy_runs") for r in rows):
+        out.append(f"* other processes used > {BUSY_THRESHOLD} CPU just before or during at "
+                   "least one run of this cell (shared machine): treat it as noisy")
+    return "\n".join(out)
+
+
+def run_groups(impls: Sequence[str], duration: float, repeat: int = 1, progress=None,
+               wait_quiet: float = 0.0, rerun_noisy: int = 0) -> dict:
+    """The consumer-group section: every GROUP_CELLS cell for each of `impls`.
+
+    Starts (and always stops) its own redis-server when "redis" is wanted and
+    available; otherwise the Redis cells are skipped with a note."""
+    notes: List[str] = []
+    impls = list(impls)
+    server = None
+    versions: Dict[str, str] = {}
+    rows: List[dict] = []
+    if "redis" in impls:
+        why = RedisServer.unavailable()
+        if why:
+            notes.append(f"skipping the Redis Streams cells: {why}. To compare with Redis: "
+                         "apt-get install -y redis-server && pip install redis "
+                         "(or pip install 'fastq[bench]')")
+            impls.remove("redis")
+    try:
+        if "fastq" in impls:
+            versions["fastq"] = FastqAdapter().version()
+        if "redis" in impls:
+            server = RedisServer()
+            try:
+                server.start()
+                versions["redis"] = f"redis-server {server.version}, {_redis_client_version()}"
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"skipping the Redis Streams cells: could not start redis-server: {e}")
+                impls.remove("redis")
+        for gc in GROUP_CELLS:
+            for impl in impls:
+                runs = []
+                for rep in range(repeat):
+                    if progress is not None:
+                        progress(f"groups: {gc.name} {impl}"
+                                 + (f" (run {rep + 1})" if repeat > 1 else ""))
+                    reruns = 0
+                    while True:
+                        if wait_quiet > 0:
+                            _wait_quiet(wait_quiet)
+                        try:
+                            r = run_group_cell(gc, impl, duration, server)
+                        except Exception as e:  # noqa: BLE001 - keep going, report it
+                            r = {"scenario": gc.name, "impl": impl, "status": "error",
+                                 "error": f"{e.__class__.__name__}: {e}\n{traceback.format_exc()}"}
+                        if r["status"] == "ok" and _noisy(r) and reruns < rerun_noisy:
+                            reruns += 1
+                            continue
+                        break
+                    r["noisy_reruns"] = reruns
+                    runs.append(r)
+                rows.append({"scenario": gc.name, "impl": impl, "summary": _group_summary(runs),
+                             "runs": runs})
+    finally:
+        if server is not None:
+            server.stop()
+    return {"cells": [gc._asdict() for gc in GROUP_CELLS], "versions": versions,
+            "notes": notes, "results": rows}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse(argv)
     if args.list:
         for sc in SCENARIOS:
             print(f"{sc.name:12}  {sc.doc}")
+        print(f"{'numpy':12}  fastq only: put_many(ndarray) / get_array of 16-byte records, 1 -> 1")
+        print(f"{'groups':12}  consumer groups, fastq.Log against Redis Streams:")
+        for gc in GROUP_CELLS:
+            print(f"{'':14}{gc.name}: {gc.doc}")
         print()
         for name, cls in ADAPTERS.items():
             why = cls().available()
             print(f"{name:18}  {'available' if why is None else 'skipped: ' + why}"
                   f"  [{', '.join(cls.kinds)}]")
+        why = RedisServer.unavailable()
+        print(f"{'redis':18}  {'available' if why is None else 'skipped: ' + why}  [groups]")
         return 0
     duration = args.duration if args.duration is not None else (
         QUICK_DURATION if args.quick else DEFAULT_DURATION)
@@ -1130,18 +1676,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --duration, --repeat and --capacity must be positive", file=sys.stderr)
         return 2
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    want_numpy = not names or "numpy" in names
-    names = [n for n in names if n != "numpy"]
+    specials = {"numpy": "numpy", "groups": "groups", "group": "groups",
+                "consumergroups": "groups"}
+    picked = {specials[_norm(n)] for n in names if _norm(n) in specials}
+    want_numpy = not names or "numpy" in picked
+    want_groups = (not names and GROUPS_IN_DEFAULT_RUN) or "groups" in picked
+    names = [n for n in names if _norm(n) not in specials]
     try:
         scenarios = ([scenario_by_name(s) for s in names]
-                     or ([] if want_numpy and args.scenarios else list(SCENARIOS)))
+                     or ([] if picked else list(SCENARIOS)))
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
     for w_ in wanted:
-        if w_ not in ADAPTERS:
-            print(f"error: unknown implementation {w_!r}; known: {', '.join(ADAPTERS)}",
+        if w_ not in ADAPTERS and w_ != "redis":
+            print(f"error: unknown implementation {w_!r}; known: {', '.join(ADAPTERS)}, redis",
                   file=sys.stderr)
             return 2
     notes = []
@@ -1149,6 +1699,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, cls in ADAPTERS.items():
         if wanted and name not in wanted:
             continue
+        if name != "fastq" and not scenarios:
+            continue  # only the numpy / groups sections: no peer queue runs
         why = cls().available()
         if why is None:
             usable[name] = cls
@@ -1163,7 +1715,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, cls in usable.items():
             if sc.kind in cls.kinds:
                 plan.append((sc, name))
-    total = len(plan) * args.repeat
+    group_impls = [i for i in GROUP_IMPLS if (not wanted or i in wanted)
+                   and (i != "fastq" or "fastq" in usable)] if want_groups else []
+    total = (len(plan) + len(GROUP_CELLS) * len(group_impls)) * args.repeat
     prog = _Progress(total, sys.stderr, enabled=not args.no_progress)
     rows = []
     done = 0
@@ -1192,6 +1746,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         if s["status"] != "ok":
             failures.append(f"{sc.name} / {name}: {s.get('error')}")
         rows.append({"scenario": sc.name, "impl": name, "summary": s, "runs": runs})
+    groups = None
+    if group_impls:
+        def group_progress(label):
+            nonlocal done
+            prog.show(done, label)
+            done += 1
+        groups = run_groups(group_impls, duration, args.repeat, group_progress,
+                            args.wait_quiet, args.rerun_noisy)
+        for n_ in groups["notes"]:
+            print(n_, file=sys.stderr)
+        for row in groups["results"]:
+            if row["summary"]["status"] != "ok":
+                failures.append(f"groups {row['scenario']} / {row['impl']}: "
+                                f"{row['summary'].get('error')}")
     prog.show(done, "done")
     prog.end()
     env = environment()
@@ -1201,8 +1769,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     batch_notes = [f"{n}: {usable[n].batch_note}" for n in usable if usable[n].batch_note]
     if any(sc.batch for sc in scenarios) and batch_notes:
         print("batched = " + "; ".join(batch_notes))
-    print()
-    print(format_table(rows))
+    if rows:
+        print()
+        print(format_table(rows))
     np_result = None
     if "fastq" in usable and want_numpy:
         try:
@@ -1215,6 +1784,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 failures.append(f"numpy / fastq: {np_result.get('error')}")
         except ImportError:
             print("\nnumpy 1x1    skipped: numpy is not installed", file=sys.stderr)
+    if groups is not None:
+        print("\nconsumer groups: 1 producer appends 64 B records in batches of 256 "
+              "(fastq append_many / Redis 256 pipelined XADDs); consumers of one group lease "
+              "256 at a time and ack them")
+        if groups["results"]:
+            print("versions: " + "; ".join(f"{k}: {v}" for k, v in groups["versions"].items()))
+            print(format_group_table(groups["results"]))
+        for n_ in groups["notes"]:
+            print("note: " + n_)
     if failures:
         print("\nFAILED cells:")
         for f in failures:
@@ -1225,8 +1803,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "capacity": args.capacity, "batch": BATCH,
                           "wait_quiet": args.wait_quiet, "rerun_noisy": args.rerun_noisy,
                           "scenarios": [sc._asdict() for sc in scenarios],
+                          "groups": bool(group_impls),
                           "skipped": notes},
-               "results": rows, "numpy": np_result}
+               "results": rows, "numpy": np_result, "groups": groups}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
         print(f"\nraw results written to {args.json}")
