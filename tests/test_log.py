@@ -871,3 +871,21 @@ def test_batch_ack_counts_and_lost_leases(unique_name):
     finally:
         log.unlink()
         log.close()
+
+
+def test_consumer_of_deleted_group_does_not_read_its_successor(unique_name):
+    """A group deleted and a new one created in the same slot: the old
+    group's consumer gets an error, never the new group's records."""
+    log = fastq.open(unique_name, capacity=1 << 16, max_groups=1)
+    try:
+        old = log.group("old", visibility_timeout=None)
+        log.append(b"a")
+        with old.consumer() as c:
+            log.delete_group("old")
+            log.group("new", start="latest", visibility_timeout=None)   # the only slot, reused
+            log.append(b"b")
+            with pytest.raises(fastq.FastqError, match="deleted"):
+                c.get_many(10, timeout=0.2)
+    finally:
+        log.unlink()
+        log.close()

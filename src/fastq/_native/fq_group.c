@@ -49,6 +49,8 @@ static int fq__admin_lock(fq_queue *q)
 
 static void fq__admin_unlock(fq_queue *q) { atomic_store_explicit(&q->ctrl->c_admin_owner, 0, FQ_RELEASE); }
 
+static int fq__member_bind(fq_queue *q, uint32_t g);
+
 static int fq__name_eq(const char *shm_name, size_t cap, const char *name)
 {
     size_t n = strlen(name);
@@ -210,6 +212,8 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
     *created = 1;
     *g_out = g;
 out:
+    if (rc == FQ_OK)
+        fq__member_bind(q, *g_out); /* best effort: the opener usually consumes it */
     fq__admin_unlock(q);
     return rc;
 }
@@ -285,19 +289,31 @@ int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms)
     return FQ_OK;
 }
 
+/* Bind this handle's member to group g (its acks are then journaled and
+ * counted per member for g).  Allowed when it is unbound, bound to a group
+ * that was deleted meanwhile (its count goes with that group), or has not
+ * acked anything yet; else it keeps its binding (returns 0). */
+static int fq__member_bind(fq_queue *q, uint32_t g)
+{
+    struct fq_member_shm *m = &q->members[q->member];
+    uint32_t cg = FQ_CFG_LOAD(m->m_group), cgen = FQ_CFG_LOAD(m->m_group_gen);
+    uint32_t gen = atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE);
+    if (cg == g && cgen == gen)
+        return 1;
+    int stale = cgen != 0 && (cg >= q->max_groups || cgen != atomic_load_explicit(&fq__group(q, cg)->g_gen, FQ_ACQUIRE));
+    if (!(cgen == 0 || stale || (atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1) == 0))
+        return 0;
+    atomic_store_explicit(&m->m_ack_word, 0, FQ_RELEASE);
+    FQ_CFG_STORE(m->m_group, g);
+    FQ_CFG_STORE(m->m_group_gen, gen);
+    return 1;
+}
+
 int fq_member_group(fq_queue *q, uint32_t g)
 {
     if (q->member < 0 || g >= q->max_groups)
         return FQ_ERR_INVAL;
-    struct fq_member_shm *m = &q->members[q->member];
-    if (m->m_group == g && m->m_group_gen == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE))
-        return FQ_OK;
-    if (atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1)
-        return FQ_ERR_INVAL; /* its count belongs to the other group: use another handle */
-    m->m_group = g;
-    m->m_group_gen = atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE);
-    atomic_thread_fence(FQ_RELEASE);
-    return FQ_OK;
+    return fq__member_bind(q, g) ? FQ_OK : FQ_ERR_INVAL; /* its count belongs to a live other group */
 }
 
 /* A copy of an ACTIVE group's settings (validated sizes, NUL-terminated). */

@@ -233,7 +233,7 @@ struct fq_member_shm {
     _Atomic uint64_t m_ack_word;    /* (records acked in m_group << 1) | pending; only this member writes it */
     _Atomic uint64_t m_ack_seq;     /* journal: the record whose ack is pending */
     uint32_t m_group;               /* the group this member acks in */
-    uint32_t m_group_gen;           /* ... in this generation of that group slot (g_gen) */
+    uint32_t m_group_gen;           /* ... in this generation of that slot (g_gen); 0 = unbound */
     uint8_t m_reserved[16];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_intent) == 16, "member layout");

@@ -113,8 +113,8 @@ int fq_join(fq_queue *q, uint32_t kind)
         atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_seq, 0, FQ_RELAXED);
-        m->m_group = 0;
-        m->m_group_gen = atomic_load_explicit(&q->groups[0].g_gen, FQ_ACQUIRE);
+        FQ_CFG_STORE(m->m_group, 0);
+        FQ_CFG_STORE(m->m_group_gen, 0); /* not bound to a group generation (fq_member_group binds) */
         atomic_store_explicit(&m->m_heartbeat_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
         uint32_t exp = FQ_M_FREE;
         if (!atomic_compare_exchange_strong_explicit(&m->m_state, &exp, FQ_M_ALIVE, FQ_ACQREL, FQ_ACQUIRE)) {
@@ -177,8 +177,8 @@ static void fq__retire_acks(fq_queue *q, uint32_t id)
     struct fq_member_shm *m = &q->members[id];
     uint64_t word = atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE);
     uint64_t count = word >> 1;
-    uint32_t g = m->m_group;
-    if (g >= q->max_groups || m->m_group_gen != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE)) {
+    uint32_t g = FQ_CFG_LOAD(m->m_group);
+    if (g >= q->max_groups || FQ_CFG_LOAD(m->m_group_gen) != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE)) {
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELEASE); /* its group is gone */
         return;
     }

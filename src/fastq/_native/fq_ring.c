@@ -518,6 +518,17 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
     uint32_t skipped = 0;
     if (fq__unlikely(atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE))
         return FQ_ERR_NOENT; /* the group was deleted */
+    struct fq_member_shm *mm = &q->members[q->member];
+    uint32_t gen = atomic_load_explicit(&G->g_gen, FQ_ACQUIRE), mgen = FQ_CFG_LOAD(mm->m_group_gen);
+    if (fq__unlikely(mgen == 0 && gen != 0 && (atomic_load_explicit(&mm->m_ack_word, FQ_RELAXED) >> 1) == 0)) {
+        /* An unbound handle taking from a created group binds to it (as
+         * fq_member_group does), so its acks use the crash-proof journal. */
+        FQ_CFG_STORE(mm->m_group, g);
+        FQ_CFG_STORE(mm->m_group_gen, gen);
+        mgen = gen;
+    }
+    if (fq__unlikely(FQ_CFG_LOAD(mm->m_group) == g && mgen != 0 && mgen != gen))
+        return FQ_ERR_NOENT; /* deleted, and its slot now holds another group */
     n = fq__take_due(q, g, out, max, only_len, &corrupt);
     uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE); /* C0 */
     uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
@@ -651,7 +662,7 @@ static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, u
      * word, so plain stores; release so a recoverer reading the word sees
      * m_ack_seq.  A crash anywhere leaves the count exactly recoverable. */
     uint64_t count = atomic_load_explicit(&m->m_ack_word, FQ_RELAXED) >> 1;
-    int counts = m->m_group == g && m->m_group_gen == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED);
+    int counts = FQ_CFG_LOAD(m->m_group) == g && FQ_CFG_LOAD(m->m_group_gen) == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED);
     uint32_t lost = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = msgs[i].seq;
@@ -715,8 +726,8 @@ uint64_t fq__acked(fq_queue *q, uint32_t g)
         hwm = q->max_members;
     for (uint32_t i = 0; i < hwm; i++) {
         struct fq_member_shm *m = &q->members[i];
-        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_FREE || m->m_group != g ||
-            m->m_group_gen != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED))
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_FREE || FQ_CFG_LOAD(m->m_group) != g ||
+            FQ_CFG_LOAD(m->m_group_gen) != atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED))
             continue; /* counts of a deleted earlier group in this slot do not count here */
         acked += atomic_load_explicit(&m->m_ack_word, FQ_ACQUIRE) >> 1;
     }
@@ -808,7 +819,7 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
     for (uint32_t i = 0; i < q->max_members; i++)
         if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE) {
             st->members_alive++;
-            if (q->members[i].m_group == g && (q->members[i].m_kind & FQ_M_KIND_CONSUMER))
+            if (FQ_CFG_LOAD(q->members[i].m_group) == g && (q->members[i].m_kind & FQ_M_KIND_CONSUMER))
                 st->consumers++;
         }
 }
