@@ -20,6 +20,10 @@
  *       P2 stores are visible, P3).  A run of such seqs [s, u) becomes one
  *       gap from ext_end(s-1) to ext_start(u) (or the tail position when u is
  *       the tail); the first seq gets the whole extent, the rest length 0.
+ *       The floor moves while we scan: a descriptor showing a NEWER seq than
+ *       s means s was finished and its slot recycled, never a dead claim
+ *       (found by the ASan stress run: treating it as one aborted a live
+ *       record of the next lap).
  *   R3  WRITING descriptors whose producer is dead become ABORTED (their
  *       extent is already recorded).  Stores d_cw with release.
  *   R4  leases held by dead members go back to their group: LEASED -> RETRY
@@ -362,14 +366,20 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
             s++;
             continue;
         }
+        /* A newer lap's tag: s was finished and its slot recycled after we
+         * loaded the floor (it moves under us).  Never "dead". */
+        if ((int64_t)(fq__cw_seq(cw) - (s & FQ_SEQ_MASK)) > 0) {
+            s++;
+            continue;
+        }
         /* unpublished */
         if (fq__covered(live, nl, s)) {
             s++;
             continue;
         }
         cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
-        if (fq__cw_published(cw, s))
-            continue; /* published meanwhile: look again */
+        if (fq__cw_published(cw, s) || (int64_t)(fq__cw_seq(cw) - (s & FQ_SEQ_MASK)) > 0)
+            continue; /* published (or finished and recycled) meanwhile: look again */
         /* dead run [s, u) */
         uint64_t start;
         if (s == q->base_seq) {
