@@ -602,11 +602,10 @@ class _LocalCounter:
 
 # ---- process entry points (module level: importable by spawned children) ----
 
-def _proc_worker(role: str, index: int, adapter_name: str, qs: list, sc: Scenario,
-                 spec: QueueSpec, payload: bytes, duration: float, barrier, finished, conn):
+def _send_result(conn, role: str, index: int, work: Callable[[], dict]) -> None:
+    """Run a worker body in a child and send its result, or its error, to the parent."""
     try:
-        adapter = get_adapter(adapter_name)
-        res = _run_role(adapter, role, index, qs, sc, spec, payload, duration, barrier, finished)
+        res = work()
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
         res = {"role": role, "index": index,
                "error": f"{e.__class__.__name__}: {e}\n{traceback.format_exc()}"}
@@ -614,6 +613,12 @@ def _proc_worker(role: str, index: int, adapter_name: str, qs: list, sc: Scenari
         conn.send(res)
     finally:
         conn.close()
+
+
+def _proc_worker(role: str, index: int, adapter_name: str, qs: list, sc: Scenario,
+                 spec: QueueSpec, payload: bytes, duration: float, barrier, finished, conn):
+    _send_result(conn, role, index, lambda: _run_role(get_adapter(adapter_name), role, index, qs, sc, spec,
+                                                      payload, duration, barrier, finished))
 
 
 def _run_role(adapter, role, index, qs, sc, spec, payload, duration, barrier, finished):
@@ -1323,23 +1328,16 @@ def _group_consumer(impl: str, target: Any, gc: GroupCell, index: int, payload: 
 
 def _group_worker(impl: str, role: str, index: int, target: Any, gc: GroupCell, payload: bytes,
                   duration: float, barrier, finished, conn) -> None:
-    try:
+    def work() -> dict:
         wait = partial(barrier.wait, STARTUP_TIMEOUT)
         try:
             if role == "producer":
-                res = _group_producer(impl, target, gc, payload, duration, wait, finished)
-            else:
-                res = _group_consumer(impl, target, gc, index, payload, duration, wait, finished)
+                return _group_producer(impl, target, gc, payload, duration, wait, finished)
+            return _group_consumer(impl, target, gc, index, payload, duration, wait, finished)
         except BaseException:
             barrier.abort()  # nobody waits STARTUP_TIMEOUT for a worker that is gone
             raise
-    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-        res = {"role": role, "index": index,
-               "error": f"{e.__class__.__name__}: {e}\n{traceback.format_exc()}"}
-    try:
-        conn.send(res)
-    finally:
-        conn.close()
+    _send_result(conn, role, index, work)
 
 
 class RedisServer:
