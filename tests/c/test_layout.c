@@ -269,19 +269,19 @@ static void test_cw_and_lease_word(void)
             FQT_EQ(fq__cw_st(cw), st);
             FQT_CHECK(fq__cw_seq(cw) == (s & FQ_SEQ_MASK));
         }
-        static const unsigned dl[] = {0, 1, 2, 254, 255, 256 /* masked to 0 */};
+        static const unsigned dl[] = {0, 1, 2, 254, 255, 256, 65535, 65536 /* masked to 0 */};
         static const unsigned ow[] = {0, 1, 255, FQ_MAX_MEMBERS - 1, FQ_OWNER_NONE};
         for (size_t d = 0; d < 6; d++)
             for (size_t o = 0; o < 5; o++)
                 for (unsigned st = 0; st <= FQ_L_SKIPPED; st++) {
                     uint64_t w = fq__lw(s, dl[d], ow[o], st);
                     FQT_CHECK(fq__lw_tag(w) == (s & FQ_TAG_MASK));
-                    FQT_EQ(fq__lw_deliv(w), dl[d] & 0xFF);
+                    FQT_EQ(fq__lw_deliv(w), dl[d] & 0xFFFF);
                     FQT_EQ(fq__lw_owner(w), ow[o]);
                     FQT_EQ(fq__lw_st(w), st);
                     FQT_CHECK(fq__lw_is(w, s));
                     FQT_CHECK(!fq__lw_is(w, s + 1));
-                    FQT_CHECK(fq__lw_is(w, s + ((uint64_t)1 << 40))); /* tag is 40 bits */
+                    FQT_CHECK(fq__lw_is(w, s + ((uint64_t)1 << 32))); /* tag is 32 bits */
                 }
     }
     /* zero-initialised entry means "FRESH for seq 0" only */

@@ -358,9 +358,9 @@ FQ_STATIC_ASSERT(sizeof(struct fq_desc_shm) == 32, "desc size");
 /* ------------------------------------------------------------------------ *
  * Lease entry (16 B), window[g][seq & (W-1)]: the state of record seq in group g.
  *
- *   l_w:  63            24 23         16 15          3 2     0
+ *   l_w:  63            32 31         16 15          3 2     0
  *         +---------------+-------------+-------------+-------+
- *         | tag40 (seq)   | deliveries8 | owner13     | state |
+ *         | tag32 (seq)   | deliveries16| owner13     | state |
  *         +---------------+-------------+-------------+-------+
  *   l_deadline_ns: lease expiry (LEASED) or not-before (RETRY), CLOCK_MONOTONIC.
  *
@@ -370,7 +370,9 @@ FQ_STATIC_ASSERT(sizeof(struct fq_desc_shm) == 32, "desc size");
  * i.e. when the entry's previous occupant is terminal, and entries never
  * leave a terminal state, so the taker's CAS from the observed value cannot
  * overwrite live state.  Every transition is one CAS carrying the owner, so
- * a crash at any point leaves a state that explains itself.
+ * a crash at any point leaves a state that explains itself.  deliveries is
+ * also the word's generation (a receipt is seq + deliveries): 16 bits, so a
+ * stale CAS can only succeed after 65,535 redeliveries of one record.
  * ------------------------------------------------------------------------ */
 enum { FQ_L_FRESH = 0, FQ_L_LEASED = 1, FQ_L_ACKED = 2, FQ_L_RETRY = 3, FQ_L_DEAD = 4, FQ_L_SKIPPED = 5 };
 #define FQ_MAX_MEMBERS 8191u    /* owner13; owner 0x1FFF = none */

@@ -58,21 +58,23 @@ static inline int fq__cw_published(uint64_t cw, uint64_t seq)
 }
 #define FQ_SEQ_MASK ((((uint64_t)1) << 61) - 1)
 
-/* ---- lease word: tag40 | deliveries8 | owner13 | state3 ---- */
-#define FQ_TAG_MASK ((((uint64_t)1) << 40) - 1)
+/* ---- lease word: tag32 | deliveries16 | owner13 | state3 ---- */
+#define FQ_TAG_MASK ((((uint64_t)1) << 32) - 1)
+#define FQ_DELIV_MAX 0xFFFFu
 #define FQ_OWNER_NONE 0x1FFFu
 static inline uint64_t fq__lw(uint64_t seq, unsigned deliveries, unsigned owner, unsigned st)
 {
-    return ((seq & FQ_TAG_MASK) << 24) | ((uint64_t)(deliveries & 0xFFu) << 16) |
+    return ((seq & FQ_TAG_MASK) << 32) | ((uint64_t)(deliveries & 0xFFFFu) << 16) |
            ((uint64_t)(owner & 0x1FFFu) << 3) | (st & 7u);
 }
-static inline uint64_t fq__lw_tag(uint64_t w) { return w >> 24; }
-static inline unsigned fq__lw_deliv(uint64_t w) { return (unsigned)((w >> 16) & 0xFFu); }
+static inline uint64_t fq__lw_tag(uint64_t w) { return w >> 32; }
+static inline unsigned fq__lw_deliv(uint64_t w) { return (unsigned)((w >> 16) & 0xFFFFu); }
 static inline unsigned fq__lw_owner(uint64_t w) { return (unsigned)((w >> 3) & 0x1FFFu); }
 static inline unsigned fq__lw_st(uint64_t w) { return (unsigned)(w & 7u); }
 static inline int fq__lw_is(uint64_t w, uint64_t seq) { return fq__lw_tag(w) == (seq & FQ_TAG_MASK); }
-/* Entry tag belongs to a later lap than seq (40-bit serial comparison). */
-static inline int fq__lw_newer(uint64_t w, uint64_t seq) { return (int64_t)((fq__lw_tag(w) - seq) << 24) > 0; }
+/* Entry tag belongs to a later lap than seq (32-bit serial comparison: laps
+ * in a window are < 2^24 apart). */
+static inline int fq__lw_newer(uint64_t w, uint64_t seq) { return (int64_t)((fq__lw_tag(w) - seq) << 32) > 0; }
 static inline int fq__lst_terminal(unsigned st)
 {
     return st == FQ_L_ACKED || st == FQ_L_DEAD || st == FQ_L_SKIPPED;

@@ -456,8 +456,8 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
             break; /* keep order: the caller sees FQ_ERR_SIZE from the main scan only if nothing was taken */
         }
         unsigned dv = fq__lw_deliv(w) + 1u;
-        if (dv > 255u)
-            dv = 255u;
+        if (dv > FQ_DELIV_MAX)
+            dv = FQ_DELIV_MAX; /* the word's generation: 65,535 deliveries before it could repeat */
         uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
         uint64_t dl = vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0;
         atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED); /* before the CAS: see fq_take */
