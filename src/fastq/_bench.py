@@ -602,6 +602,18 @@ class _LocalCounter:
 
 # ---- process entry points (module level: importable by spawned children) ----
 
+def _start_workers(ctx, roles, procs: list, conns: dict, name: str, target, make_args) -> None:
+    """Spawn one worker per (role, index), each with the write end of its own
+    result pipe; procs/conns are filled as they start (the caller reaps them)."""
+    for role, idx in roles:
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=target, name=name.format(f"{role}{idx}"), args=make_args(role, idx, w), daemon=True)
+        p.start()
+        w.close()
+        procs.append(p)
+        conns[f"{role}{idx}"] = r
+
+
 def _send_result(conn, role: str, index: int, work: Callable[[], dict]) -> None:
     """Run a worker body in a child and send its result, or its error, to the parent."""
     try:
@@ -853,15 +865,9 @@ def run_cell(scenario: Scenario | str, adapter_name: str, duration: float = DEFA
                 roles += [("consumer", i) for i in range(sc.consumers)]
             barrier = ctx.Barrier(len(roles))
             finished = ctx.Value("i", 0)
-            for role, idx in roles:
-                r, w = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_proc_worker, name=f"bench-{role}{idx}-{adapter.name}",
-                                args=(role, idx, adapter.name, qs, sc, spec, payload,
-                                      duration, barrier, finished, w), daemon=True)
-                p.start()
-                w.close()
-                procs.append(p)
-                conns[f"{role}{idx}"] = r
+            _start_workers(ctx, roles, procs, conns, f"bench-{{}}-{adapter.name}", _proc_worker,
+                           lambda role, idx, w: (role, idx, adapter.name, qs, sc, spec, payload,
+                                                 duration, barrier, finished, w))
             results = list(_collect(conns, deadline).values())
     finally:
         notes = _reap(procs)
@@ -1474,15 +1480,9 @@ def run_group_cell(gc: GroupCell | str, impl: str, duration: float = DEFAULT_DUR
         roles = [("producer", 0)] + [("consumer", i) for i in range(gc.consumers)]
         barrier = ctx.Barrier(len(roles))
         finished = ctx.Value("i", 0)
-        for role, idx in roles:
-            r, w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_group_worker, name=f"bench-group-{role}{idx}-{impl}",
-                            args=(impl, role, idx, target, gc, payload, duration, barrier,
-                                  finished, w), daemon=True)
-            p.start()
-            w.close()
-            procs.append(p)
-            conns[f"{role}{idx}"] = r
+        _start_workers(ctx, roles, procs, conns, f"bench-group-{{}}-{impl}", _group_worker,
+                       lambda role, idx, w: (impl, role, idx, target, gc, payload, duration, barrier,
+                                             finished, w))
         results = list(_collect(conns, deadline).values())
     finally:
         notes = _reap(procs)
