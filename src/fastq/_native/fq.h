@@ -42,6 +42,7 @@ typedef enum fq_status {
     FQ_ERR_CONFLICT = -13, /* a group exists with other settings */
     FQ_ERR_GROUPS = -14, /* group table full */
     FQ_ERR_RANGE = -15,  /* offset outside what the ring holds */
+    FQ_ERR_DATA = -16,   /* a record failed its checksum (segment store) */
 } fq_status;
 
 typedef struct fq_params {
@@ -54,6 +55,8 @@ typedef struct fq_params {
     uint32_t flags;         /* FQ_P_* */
 } fq_params;
 #define FQ_P_NO_QUEUE_GROUP 0x1u  /* a log: no implicit group 0 (groups are created by name) */
+/* Durable store (fq_create_dir): capacity is the segment size (a power of
+ * two, 64 KiB .. 1 GiB); records are at most a quarter of it. */
 
 /* Consumer group settings (fq_group_open). */
 enum { FQ_START_EARLIEST = 0, FQ_START_LATEST = 1, FQ_START_SEQ = 2 };
@@ -93,7 +96,30 @@ typedef struct fq_queue {
     struct fq_desc_shm *desc;
     struct fq_lease_shm *windows;
     uint8_t *arena;
+    /* segment store only (durable != 0) */
+    int durable;
+    int dirfd;
+    uint32_t seg_shift;     /* S = 1 << seg_shift = cap */
+    uint64_t span;          /* bytes claimed beyond the floor at most: cap (ring), 2^32 (store) */
+    uint8_t uuid[16];
+    struct fq_segmap *segmap;   /* process-local: FQ_SEGMAP direct-mapped entries */
+    uint64_t rd_seq, rd_pos;    /* walker cache: record rd_seq starts at rd_pos */
+    uint32_t fsync_mode;
+    int open_fd;            /* segment store: holds the shared "open" lock (cold recovery needs it exclusive) */
+    struct fq_ckpt_shm *ckpt;   /* two slots */
+    struct fq_store_shm *store;
 } fq_queue;
+
+/* A mapped segment (process-local). A handle's segment map is used under the
+ * caller's serialization (the GIL in fastq._core); segments are unmapped only
+ * at close, on a table collision (4096 segments apart) or below retention. */
+#define FQ_SEGMAP 4096u
+struct fq_segmap {
+    uint64_t tag;           /* segment number + 1; 0 = empty */
+    uint8_t *seg;           /* mapping of the whole segment file */
+    uint8_t *idx;           /* mapping of its index file (NULL: none, walk instead) */
+    size_t seg_len, idx_len;
+};
 
 /* One taken record (a lease). `data` points into the arena and stays valid
  * until the lease is acked or lost. */
@@ -104,7 +130,7 @@ typedef struct fq_msg {
     uint32_t deliveries;
     int64_t ts_ns;
     uint32_t flags;         /* FQ_MSG_DEADLETTER: over max_deliveries, dead-letter it then fq_dead */
-    uint32_t reserved;
+    uint32_t key_len;       /* the first key_len bytes of data are the record's key */
 } fq_msg;
 #define FQ_MSG_DEADLETTER 0x1u
 
@@ -179,6 +205,54 @@ void fq_crashpoint_slow(const char *name);
 extern volatile int fq_crash_armed;
 #define FQ_CRASHPOINT(name) do { if (__builtin_expect(fq_crash_armed, 0)) fq_crashpoint_slow(name); } while (0)
 void fq_crash_arm(const char *spec);
+
+/* segment store (fq_store.c) */
+enum { FQ_FSYNC_NEVER = 0, FQ_FSYNC_INTERVAL = 1, FQ_FSYNC_ALWAYS = 2 };
+enum { FQ_RECOVER_AUTO = 0, FQ_RECOVER_FORCE = 1 };
+enum { FQ_CORRUPT_REFUSE = 0, FQ_CORRUPT_SKIP = 1 };
+typedef struct fq_recovery_report {
+    int ran;                    /* 1 if a cold recovery ran at open */
+    int reason;                 /* 1 new boot, 2 forced, 3 checkpoint missing */
+    uint64_t ckpt_seq, ckpt_pos;    /* where the scan started */
+    uint64_t tail_seq, tail_pos;    /* end of the valid prefix */
+    uint64_t scanned;           /* records verified */
+    uint64_t truncated_bytes;   /* torn tail zeroed */
+    uint64_t corrupt_seq;       /* first bad record in the middle of the log (if any) */
+    uint64_t skipped;           /* records given up by policy "skip" */
+    uint64_t leases_reset;      /* in-flight leases turned back into deliverable records */
+    uint32_t groups;            /* groups restored */
+    uint32_t segments_removed;  /* segments past the valid prefix removed */
+    uint32_t index_rebuilt;     /* index entries rewritten */
+    int corrupt;                /* 1: mid-log corruption found (refused unless skip) */
+} fq_recovery_report;
+int fq_create_dir(fq_queue *q, const char *dir, const fq_params *p, uint32_t fsync_mode);
+int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int corrupt_policy,
+                fq_recovery_report *rep);
+/* Flush committed records to disk (fdatasync, group commit): returns once
+ * every record below upto_seq is durable (FQ_TIMEOUT at deadline_ns).  One
+ * process flushes at a time; the others wait for its result. */
+int fq_flush(fq_queue *q, uint64_t upto_seq, int64_t deadline_ns);
+int fq_checkpoint(fq_queue *q);              /* flush + write a checkpoint */
+uint64_t fq_durable_seq(fq_queue *q);
+/* Retention: delete whole segments (never the active one); the checkpoint
+ * moves before files are unlinked.  max_bytes/max_age_ns 0 = no limit;
+ * consumed != 0 = also delete what every group finished.  Returns segments
+ * deleted (>= 0) or an error. */
+int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed);
+/* Replay without a group. */
+typedef struct fq_cursor {
+    uint64_t seq, pos;      /* next record to read and where its extent starts */
+} fq_cursor;
+uint64_t fq_first_seq(fq_queue *q);         /* oldest retained record */
+int fq_seek_seq(fq_queue *q, uint64_t seq, fq_cursor *c);
+int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c);
+/* Next committed record at or after c->seq below the commit frontier (gaps
+ * skipped); FQ_EMPTY at the frontier.  The message data stays valid until the
+ * next call on this handle. */
+int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out);
+uint64_t fq_frontier(fq_queue *q);          /* every record below is committed or a gap */
+void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len);  /* before fq_commit */
+int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq);  /* CRC every retained record */
 
 const char *fq_strerror(int status);
 const char *fq_last_error(void);  /* detail of the last error in this thread */

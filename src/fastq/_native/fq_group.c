@@ -168,7 +168,10 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
     atomic_store_explicit(&G->g_dead, 0, FQ_RELAXED);
     atomic_store_explicit(&G->g_nacked, 0, FQ_RELAXED);
     atomic_fetch_add_explicit(&G->g_gen, 1, FQ_RELAXED);
-    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
+    /* The oldest record a new group may start at: the ring's floor, or the
+     * store's retention start (the store keeps everything above it). */
+    uint64_t fs = q->durable ? atomic_load_explicit(&q->store->st_retain_seq, FQ_SEQCST)
+                             : atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
     uint64_t ts = fq_tail_seq(q);
     uint64_t L;
     if (c->start == FQ_START_LATEST) {
@@ -201,6 +204,8 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
         if (publish)
             atomic_store_explicit(&G->g_state, FQ_G_ACTIVE, FQ_SEQCST); /* G1 */
         FQ_CRASHPOINT("admin.after_active");
+        if (q->durable)
+            break; /* producers never overwrite the store: no floor to race */
         uint64_t prop = atomic_load_explicit(&q->ctrl->c_floor_proposal, FQ_SEQCST);
         fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
         if ((int64_t)(prop - fs) > 0)

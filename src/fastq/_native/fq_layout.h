@@ -254,7 +254,7 @@ FQ_STATIC_ASSERT(sizeof(struct fq_member_shm) == FQ_BLOCK, "member size");
  *   block 1 (0x080)  g_low, g_acked        written by ackers
  *   block 2 (0x100)  g_dispatch            written by takers (a hint)
  *   block 3 (0x180)  g_retry_pending, g_ec, g_next_deadline, g_gen  (nack, expiry, recovery)
- *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead, nacked
+ *   block 4 (0x200)  counters (relaxed): delivered, redelivered, expired, dead, nacked, skipped
  *   0x280            g_dlq[64]: dead-letter queue name
  *   0x2C0            g_backoff[4]: retry policy (nack without a delay)
  *   0x2D0 .. 0x400   reserved
@@ -305,7 +305,8 @@ struct fq_group_shm {
     _Atomic uint64_t g_expired;
     _Atomic uint64_t g_dead;
     _Atomic uint64_t g_nacked;
-    uint8_t g_pad5[FQ_BLOCK - 40];
+    _Atomic uint64_t g_skipped;        /* records retention deleted before this group finished them */
+    uint8_t g_pad5[FQ_BLOCK - 48];
     char g_dlq[64];                    /* dead-letter target (a queue name), "" = none */
     uint32_t g_backoff[4];             /* retry policy: initial ms, maximum ms, multiplier x1000, jitter x1000 */
     uint8_t g_reserved[3 * FQ_BLOCK - 80];
@@ -414,6 +415,180 @@ struct fq_frame_hdr {
 };
 FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
 #define FQ_FRAME_HDR 32u
+
+/* f_flags kinds.  A DATA frame is one record.  A GAP frame stands for
+ * f_gap_count records a dead producer claimed but never wrote (recovery R2/R3
+ * writes it over the dead extent); count 0 = the continuation of a gap into
+ * the next segment.  A PAD frame fills the end of a segment before a frame
+ * that did not fit (written by that frame's producer when >= 32 bytes are
+ * left; fewer than 32 bytes left at a segment end are skipped by readers). */
+#define FQ_FR_GAP 0x2u
+#define FQ_FR_PAD 0x4u
+#define FQ_FR_KIND (FQ_FR_DATA | FQ_FR_GAP | FQ_FR_PAD)
+/* f_type: bits 16..31 = key length (the key is the first bytes of the
+ * payload), bits 0..15 = record type (0 today).  A GAP frame keeps its record
+ * count in f_ts_ns (it has no timestamp). */
+#define FQ_KEY_MAX 4096u
+static inline uint32_t fq_frame_key_len(const struct fq_frame_hdr *h) { return h->f_type >> 16; }
+
+/* ======================================================================== *
+ * The segment store (durable log): a directory
+ *
+ *   control                  the queue file above (superblock .. windows),
+ *                            whose last section ("arena") is the store
+ *                            section below instead of a byte ring
+ *   <20-digit pos>.seg       segment k: 4 KiB header + S data bytes; log
+ *                            position p lives in segment p / S at p % S
+ *   <20-digit pos>.idx       its sparse offset + time index
+ *
+ * A segment is named by its first log position (k * S, in bytes), which is
+ * known before any record lands in it, so the next segment can be created
+ * ahead of time by any producer without a lock (DESIGN.md §2; Kafka names by
+ * the first record offset, which is only known once a record is claimed).
+ * The first record of segment k is the frame at data offset 0 (a frame never
+ * spans two segments, so every segment starts with a frame header).
+ * ======================================================================== */
+#define FQ_SEG_MAGIC "FASTQSG"
+#define FQ_IDX_MAGIC "FASTQIX"
+#define FQ_SEG_HDR 4096u                /* data starts one page into the file */
+#define FQ_IDX_BLOCK 4096u              /* one index entry per 4 KiB of segment */
+#define FQ_IDX_SHIFT 12u
+#define FQ_SEG_MIN (64u << 10)
+#define FQ_SEG_MAX ((uint64_t)1 << 30)
+
+/* ------------------------------------------------------------------------ *
+ * Segment / index file header (first 128 bytes of page 0), written once by
+ * the creator into a private temporary file, which is then link()ed to its
+ * final name: a segment file is either absent or complete.
+ *
+ *   0 h_magic[8] | 8 h_major u16 | 10 h_minor u16 | 12 h_kind u32 (1 seg, 2 idx)
+ *   16 h_uuid[16] (the queue's s_uuid) | 32 h_seg_no u64 | 40 h_seg_size u64 (S)
+ *   48 h_data_len u64 (bytes after the header page) | 56 h_created_ns i64
+ *   64 h_crc u32 (CRC32C of [0, 64)) | 68 h_pad[60]
+ * ------------------------------------------------------------------------ */
+enum { FQ_H_SEGMENT = 1, FQ_H_INDEX = 2 };
+struct fq_file_hdr {
+    char h_magic[8];
+    uint16_t h_major;
+    uint16_t h_minor;
+    uint32_t h_kind;
+    uint8_t h_uuid[16];
+    uint64_t h_seg_no;
+    uint64_t h_seg_size;
+    uint64_t h_data_len;
+    int64_t h_created_ns;
+    uint32_t h_crc;
+    uint8_t h_pad[60];
+};
+#define FQ_FILE_HDR_CRC_LEN 64u
+FQ_STATIC_ASSERT(offsetof(struct fq_file_hdr, h_crc) == FQ_FILE_HDR_CRC_LEN, "file header layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_file_hdr) == 128, "file header size");
+
+/* ------------------------------------------------------------------------ *
+ * Index entry (32 B), entry b of segment k's index: written by the producer
+ * whose claim extent [p, e) contains the first 4 KiB boundary X >= p of the
+ * segment (X not the segment start): "record x_seq starts at data offset
+ * x_off and was claimed at x_ts_ns".  Blocks covered by one large claim
+ * after the first have no entry (x_mark 0).  An entry is a hint, never
+ * trusted over the segment: readers check the frame at x_off shows x_seq.
+ *
+ *   0 x_seq u64 | 8 x_ts_ns i64 | 16 x_off u32 | 20 x_mark u32 (stored last,
+ *   release; FQ_IDX_MARK = valid) | 24 x_pad u64
+ * ------------------------------------------------------------------------ */
+#define FQ_IDX_MARK 0x58444931u   /* "1IDX" */
+struct fq_idx_entry {
+    _Atomic uint64_t x_seq;
+    _Atomic int64_t x_ts_ns;
+    _Atomic uint32_t x_off;
+    _Atomic uint32_t x_mark;
+    uint64_t x_pad;
+};
+FQ_STATIC_ASSERT(sizeof(struct fq_idx_entry) == 32, "index entry size");
+
+/* ------------------------------------------------------------------------ *
+ * Store section of the control file (the "arena" section of a durable
+ * queue, FQ_STORE_SECTION bytes):
+ *
+ *   +0x0000  fq_ckpt_shm  slot 0 (4 KiB)   checkpoints, written alternately
+ *   +0x1000  fq_ckpt_shm  slot 1 (4 KiB)
+ *   +0x2000  fq_store_shm (4 KiB)          dynamic store state, 128-byte blocks
+ *
+ * Checkpoint: "every record below k_seq (position k_pos) was on disk when
+ * this was written; group lows were these; retention had deleted every
+ * segment below k_retain_seg".  Written by the flusher after fdatasync of the
+ * segments, into slot (k_gen & 1), CRC last, then msync'd.  Recovery after a
+ * power loss takes the valid slot with the highest k_gen (a torn slot fails
+ * its CRC and the other one is used).
+ *
+ *   0 k_magic u32 | 4 k_crc u32 (CRC32C of [8, 8 + 72 + 16 * k_ngroups))
+ *   8 k_gen | 16 k_seq | 24 k_pos | 32 k_retain_seg | 40 k_retain_seq
+ *   48 k_ts_ns | 56 k_tail_seq (diagnostic) | 64 k_ngroups u32 | 68 k_pad u32
+ *   72 k_boot[8] (first 8 bytes of the boot id) | 80 k_groups[64] {gen u32, state u32, low u64}
+ * ------------------------------------------------------------------------ */
+#define FQ_CKPT_MAGIC 0x4B435146u   /* "FQCK" */
+struct fq_ckpt_group {
+    uint32_t kg_gen;
+    uint32_t kg_state;
+    uint64_t kg_low;
+};
+struct fq_ckpt_shm {
+    uint32_t k_magic;
+    uint32_t k_crc;
+    uint64_t k_gen;
+    uint64_t k_seq;
+    uint64_t k_pos;
+    uint64_t k_retain_seg;
+    uint64_t k_retain_seq;
+    int64_t k_ts_ns;
+    uint64_t k_tail_seq;
+    uint32_t k_ngroups;
+    uint32_t k_pad;
+    uint8_t k_boot[8];
+    struct fq_ckpt_group k_groups[FQ_MAX_GROUPS];
+    uint8_t k_reserved[FQ_PAGE - 80 - 16 * FQ_MAX_GROUPS];
+};
+FQ_STATIC_ASSERT(offsetof(struct fq_ckpt_shm, k_groups) == 80, "checkpoint layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_ckpt_shm) == FQ_PAGE, "checkpoint size");
+
+/* ------------------------------------------------------------------------ *
+ * Dynamic store state (page 2 of the store section):
+ *
+ *   block 0  st_retain_seg, st_retain_seq   first retained segment and the
+ *            first seq in it (CAS-max, seq_cst; readers below it jump)
+ *   block 1  st_flush_owner (member id + 1 of the flusher; 0 = free),
+ *            st_flush_gen, st_durable_pos (fdatasync'd prefix; the seq is
+ *            ctrl.c_durable_seq, its waiters ctrl.c_durable_ec)
+ *   block 2  st_ckpt_gen, st_ckpt_ns, st_ckpt_seq (last checkpoint written)
+ *   block 3  st_boot[40]: boot id of the machine that last opened the
+ *            store (page cache trusted only within one boot), st_fsync,
+ *            st_fsync_interval_us (settings of the creator, informational)
+ *   block 4  st_seg_hwm (highest segment number known to exist; CAS-max),
+ *            st_skipped (records dropped by recovery policy "skip"),
+ *            st_recoveries (cold recoveries run)
+ * ------------------------------------------------------------------------ */
+struct fq_store_shm {
+    _Atomic uint64_t st_retain_seg;
+    _Atomic uint64_t st_retain_seq;
+    uint8_t st_pad0[FQ_BLOCK - 16];
+    _Atomic uint32_t st_flush_owner;
+    _Atomic uint32_t st_flush_gen;
+    _Atomic uint64_t st_durable_pos;
+    uint8_t st_pad1[FQ_BLOCK - 16];
+    _Atomic uint64_t st_ckpt_gen;
+    _Atomic uint64_t st_ckpt_ns;
+    _Atomic uint64_t st_ckpt_seq;
+    uint8_t st_pad2[FQ_BLOCK - 24];
+    char st_boot[40];
+    uint32_t st_fsync;
+    uint32_t st_fsync_interval_us;
+    uint8_t st_pad3[FQ_BLOCK - 48];
+    _Atomic uint64_t st_seg_hwm;
+    _Atomic uint64_t st_skipped;
+    _Atomic uint64_t st_recoveries;
+    uint8_t st_pad4[FQ_BLOCK - 24];
+};
+FQ_STATIC_ASSERT(sizeof(struct fq_store_shm) == 5 * FQ_BLOCK, "store size");
+#define FQ_STORE_SECTION (3u * FQ_PAGE)
 
 FQ_STATIC_ASSERT(sizeof(_Atomic uint64_t) == 8, "8-byte atomics");
 

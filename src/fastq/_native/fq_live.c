@@ -78,7 +78,7 @@ int fq_member_alive(fq_queue *q, uint32_t id)
     return fq__probe_lock(q, id) != 0;
 }
 
-static int fq__open_lock_fd(fq_queue *q)
+int fq__open_lock_fd(fq_queue *q)
 {
     /* /proc/self/fd/N opens a NEW open file description of the very inode
      * we mapped (for a memfd, and for a named file even if its name was
@@ -354,6 +354,12 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
                                    : FQ_M_FREE;
                 if (pst != FQ_M_ALIVE) {
                     uint64_t word = fq__journal_begin(q, s, 0);
+                    if (q->durable) { /* S5: the segment must say "gap" before the floor may pass it */
+                        uint64_t es = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED);
+                        uint32_t el = atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
+                        if (el <= q->cap)
+                            fq__store_gap(q, s, 1, es, es + el);
+                    }
                     if (atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED),
                                                                 FQ_RELEASE, FQ_RELAXED)) {
                         fq__journal_end(q, word, 1);
@@ -412,6 +418,8 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
             break; /* inconsistent: leave it for a later scan */
         uint64_t word = fq__journal_begin(q, s, u - s);
         FQ_CRASHPOINT("rec.before_gap");
+        if (q->durable)
+            fq__store_gap(q, s, u - s, start, end); /* S5 */
         fq__set_gap(q, s, cw, start, end - start);
         for (uint64_t v = s + 1; v != u; v++)
             fq__set_gap(q, v, atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE), end, 0);

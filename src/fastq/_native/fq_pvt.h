@@ -136,5 +136,33 @@ void fq__advance_low(fq_queue *q, uint32_t g);
 uint64_t fq__pos_after(fq_queue *q, uint64_t seq, int *ok);
 int fq__probe_lock(fq_queue *q, uint32_t id);
 void fq__ec_uncount(_Atomic uint64_t *ec);
+void fq__ec_wake_all(_Atomic uint64_t *ec);
+void fq__ec_park(_Atomic uint64_t *ec, uint32_t key, int64_t deadline_ns);
+int fq__open_lock_fd(fq_queue *q);
+
+/* ---- segment store (fq_store.c) ---- */
+uint8_t *fq__store_ptr(fq_queue *q, uint64_t pos, int create);
+int fq__store_prepare(fq_queue *q, uint64_t p, uint64_t e);
+void fq__store_index(fq_queue *q, uint64_t seq, uint64_t p, uint64_t e, int64_t ts);
+void fq__store_pad(fq_queue *q, uint64_t seq, uint64_t pos, uint32_t len);
+void fq__store_seal(struct fq_frame_hdr *h, uint16_t flags);
+int fq__store_check(const struct fq_frame_hdr *h, const uint8_t *frame, uint64_t room);
+void fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end);
+int fq__refresh_frontier(fq_queue *q);
+/* Segment lookup of a complete record: 1 data, 2 gap, 0 not below the
+ * frontier, -1 deleted by retention, -2 corrupt.  *pos = its frame. */
+int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos);
+void fq__store_close(fq_queue *q);
+void fq__retention_jump(fq_queue *q, uint32_t g);
+int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p);
+int fq__attach(fq_queue *q, int fd, int64_t wait_ns);
+
+/* Byte at log position pos: the ring arena, or the mapped segment. */
+static inline uint8_t *fq__at(fq_queue *q, uint64_t pos)
+{
+    if (fq__likely(!q->durable))
+        return q->arena + (pos & q->cap_mask);
+    return fq__store_ptr(q, pos, 0);
+}
 
 #endif /* FQ_PVT_H */

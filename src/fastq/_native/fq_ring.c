@@ -92,7 +92,7 @@ int fq__check_dynamic(fq_queue *q)
     uint64_t t, s, p, fs, fp;
     if (!fq__load_tail_bounded(q, &t, &s, &p, &fs, &fp))
         return 0;
-    if (s - fs > q->n_desc || p - fp > q->cap || (fp & 7u) || (int64_t)(fs - q->base_seq) < 0)
+    if (s - fs > q->n_desc || p - fp > q->span || (fp & 7u) || (int64_t)(fs - q->base_seq) < 0)
         return 0;
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
@@ -102,7 +102,8 @@ int fq__check_dynamic(fq_queue *q)
         if (st != FQ_G_ACTIVE && st != FQ_G_DELETING)
             return 0;
         uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
-        if ((int64_t)(low - fs) < 0 || (int64_t)(s - low) < 0)
+        /* (a store's group may lag the frontier by any amount) */
+        if ((!q->durable && (int64_t)(low - fs) < 0) || (int64_t)(s - low) < 0)
             return 0;
     }
     return 1;
@@ -248,9 +249,10 @@ int fq__space_ok(fq_queue *q, uint64_t n_records, uint64_t n_bytes)
         uint64_t off = p & q->cap_mask, e = p + n_bytes;
         if (off + n_bytes > q->cap)
             e += q->cap - off;
-        if (s + n_records - fs <= q->limit_records && e - fp <= q->cap)
+        if (s + n_records - fs <= q->limit_records && e - fp <= q->span)
             return 1;
-        if (!fq__refresh_floor(q, s + n_records - q->limit_records, e - q->cap))
+        if (!(q->durable ? fq__refresh_frontier(q)
+                         : fq__refresh_floor(q, s + n_records - q->limit_records, e - q->cap)))
             return 0;
     }
     return 0;
@@ -283,10 +285,15 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         /* Space rules: N-1 slack keeps desc[floor-1] alive (its extent end
          * is the floor's byte position); bytes [p, e) may overwrite only
          * what lies below the floor position. */
-        if (s + n - fs > q->limit_records || e - fp > q->cap) {
-            if (fq__refresh_floor(q, s + n - q->limit_records, e - q->cap))
+        if (s + n - fs > q->limit_records || e - fp > q->span) {
+            if (q->durable ? fq__refresh_frontier(q) : fq__refresh_floor(q, s + n - q->limit_records, e - q->cap))
                 continue;
             return FQ_FULL;
+        }
+        if (q->durable) { /* S1: the files this claim needs exist and are mapped */
+            int rc = fq__store_prepare(q, p, e);
+            if (rc)
+                return rc;
         }
         atomic_store_explicit(&me->m_intent, fq__intent(s, n), FQ_RELEASE); /* P0 */
         FQ_CRASHPOINT("prod.after_intent");
@@ -296,6 +303,8 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
     }
     FQ_CRASHPOINT("prod.after_cas");
     int64_t now = fq_realtime_ns();
+    if (q->durable)
+        fq__store_index(q, s, p, e, now); /* S2 */
     uint64_t pos = p;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = s + i;
@@ -316,7 +325,9 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         atomic_store_explicit(&d->d_producer, (uint16_t)q->member, FQ_RELAXED);
         atomic_store_explicit(&d->d_flags, 0, FQ_RELAXED);
         atomic_store_explicit(&d->d_cw, fq__cw(seq, FQ_D_WRITING), FQ_RELEASE); /* P2 */
-        struct fq_frame_hdr *h = (struct fq_frame_hdr *)(q->arena + ((pos + fo) & q->cap_mask));
+        if (q->durable && fo)
+            fq__store_pad(q, seq, pos, fo); /* S2: the segment's tail says "next segment" */
+        struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos + fo);
         h->f_len = FQ_FRAME_HDR + lens[i];
         h->f_crc = 0;
         h->f_seq = seq;
@@ -338,7 +349,7 @@ static inline struct fq_frame_hdr *fq__own_frame(fq_queue *q, uint64_t seq)
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
                    atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
-    return (struct fq_frame_hdr *)(q->arena + (pos & q->cap_mask));
+    return (struct fq_frame_hdr *)fq__at(q, pos);
 }
 
 uint8_t *fq_payload(fq_queue *q, uint64_t seq) { return (uint8_t *)fq__own_frame(q, seq) + FQ_FRAME_HDR; }
@@ -346,10 +357,16 @@ uint8_t *fq_payload(fq_queue *q, uint64_t seq) { return (uint8_t *)fq__own_frame
 void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n)
 {
     FQ_CRASHPOINT("prod.before_commit");
-    /* P4a: the frame's own commit mark, written last in the frame (release). */
-    for (uint32_t i = 0; i < n; i++)
-        __atomic_store_n(&fq__own_frame(q, first_seq + i)->f_flags, (uint16_t)(FQ_FR_DATA | FQ_FR_COMMITTED),
-                         __ATOMIC_RELEASE);
+    /* P4a: the frame's own commit mark, written last in the frame (release);
+     * in the segment store after its CRC32C (S3). */
+    if (q->durable) {
+        for (uint32_t i = 0; i < n; i++)
+            fq__store_seal(fq__own_frame(q, first_seq + i), (uint16_t)(FQ_FR_DATA | FQ_FR_COMMITTED));
+    } else {
+        for (uint32_t i = 0; i < n; i++)
+            __atomic_store_n(&fq__own_frame(q, first_seq + i)->f_flags, (uint16_t)(FQ_FR_DATA | FQ_FR_COMMITTED),
+                             __ATOMIC_RELEASE);
+    }
     for (uint32_t i = 0; i + 1 < n; i++)
         atomic_store_explicit(&fq__desc(q, first_seq + i)->d_cw, fq__cw(first_seq + i, FQ_D_COMMITTED),
                               FQ_RELEASE); /* P4 */
@@ -363,10 +380,47 @@ void fq_commit(fq_queue *q, uint64_t first_seq, uint32_t n)
 
 /* ------------------------------------------------------------------------ */
 
+/* Segment store: the frame of a record we hold a lease on — from its
+ * descriptor while that still shows it (validated like fq__pos_after: the
+ * store's descriptors are recycled without waiting for groups), else found
+ * in the segment — checked with its CRC. */
+static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
+{
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE), pos = 0;
+    int have = 0;
+    if (fq__cw_published(cw, seq) && fq__cw_st(cw) == FQ_D_COMMITTED) {
+        /* seqlock read: acquire loads keep the re-check of d_cw after them */
+        pos = atomic_load_explicit(&d->d_ext_start, FQ_ACQUIRE) + atomic_load_explicit(&d->d_frame_off, FQ_ACQUIRE);
+        have = atomic_load_explicit(&d->d_cw, FQ_RELAXED) == cw;
+    }
+    if (!have && fq__store_find(q, seq, &pos) != 1)
+        return 0;
+    if (pos & 7u)
+        return 0;
+    const uint8_t *fr = fq__at(q, pos);
+    uint64_t room = q->cap - (pos & q->cap_mask);
+    if (!fr || room < FQ_FRAME_HDR)
+        return 0;
+    const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)fr;
+    if (!fq__store_check(h, fr, room) || (h->f_flags & FQ_FR_KIND) != FQ_FR_DATA || h->f_seq != seq)
+        return 0;
+    m->seq = seq;
+    m->data = fr + FQ_FRAME_HDR;
+    m->len = h->f_len - FQ_FRAME_HDR;
+    m->deliveries = deliveries;
+    m->flags = 0;
+    m->ts_ns = h->f_ts_ns;
+    m->key_len = h->f_type >> 16;
+    return 1;
+}
+
 /* Fill a message from a record we hold a lease on.  Returns 0 if the shared
  * descriptor or frame header fails validation. */
 static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
 {
+    if (q->durable)
+        return fq__fill_store(q, seq, deliveries, m);
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t es = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED);
     uint32_t fo = atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
@@ -386,6 +440,9 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     m->deliveries = deliveries;
     m->flags = 0;
     m->ts_ns = h->f_ts_ns;
+    m->key_len = h->f_type >> 16;
+    if (m->key_len > m->len)
+        return 0;
     return 1;
 }
 
@@ -504,6 +561,9 @@ int fq__take_ready(fq_queue *q, uint32_t g)
     /* seq_cst: the re-check half of the E1 Dekker pair with P4. */
     uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_SEQCST);
     unsigned st = fq__cw_st(cw);
+    if (q->durable && !fq__cw_published(cw, s) &&
+        (int64_t)(s - atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST)) < 0)
+        return 1; /* behind the descriptor ring: in the segments */
     return fq__cw_seq(cw) == (s & FQ_SEQ_MASK) && (st == FQ_D_COMMITTED || st == FQ_D_ABORTED);
 }
 
@@ -546,13 +606,35 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
                 break; /* window full: back-pressure (prefetch limit) */
         }
         uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_ACQUIRE); /* C1 */
-        if (!fq__cw_published(cw, s)) {
-            /* Not yet published for s: either nothing claimed there (empty)
-             * or a claim in flight (or dead: recovery R2 turns it into a gap). */
-            stalled = (int64_t)(fq_tail_seq(q) - s) > 0;
-            break;
-        }
         unsigned st = fq__cw_st(cw);
+        if (!fq__cw_published(cw, s)) {
+            if (q->durable && (int64_t)(s - atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE)) < 0) {
+                /* S4: below the frontier, behind the descriptor ring: the
+                 * segment says whether s is a record or a gap. */
+                uint64_t pos;
+                int k = fq__store_find(q, s, &pos);
+                if (k == -1) { /* retention deleted it: jump */
+                    fq__retention_jump(q, g);
+                    low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+                    if ((int64_t)(low - s) > 0)
+                        s = low;
+                    else
+                        s++;
+                    continue;
+                }
+                if (k == 1)
+                    st = FQ_D_COMMITTED;
+                else if (k == 2)
+                    st = FQ_D_ABORTED;
+                else
+                    st = FQ_D_COMMITTED; /* corrupt: lease it, fq__fill fails, it is dropped and reported */
+            } else {
+                /* Not yet published for s: either nothing claimed there (empty)
+                 * or a claim in flight (or dead: recovery R2 turns it into a gap). */
+                stalled = (int64_t)(fq_tail_seq(q) - s) > 0;
+                break;
+            }
+        }
         if (st == FQ_D_WRITING) {
             stalled = 1;
             break;
@@ -578,7 +660,8 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             s++;
             continue;
         }
-        if (only_len && atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len) {
+        if (only_len && !q->durable &&
+            atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len) {
             wrong_size = 1; /* fields are stable: s is committed and not terminal */
             break;
         }
@@ -802,11 +885,11 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
             struct fq_desc_shm *d = fq__desc(q, st->low);
             uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
             if (fq__cw_published(cw, st->low) && fq__cw_st(cw) == FQ_D_COMMITTED) {
-                uint64_t off = (atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
-                                atomic_load_explicit(&d->d_frame_off, FQ_RELAXED)) & q->cap_mask;
-                if (off + FQ_FRAME_HDR <= q->cap && !(off & 7u))
-                    st->oldest_ts_ns = (uint64_t)__atomic_load_n(&((struct fq_frame_hdr *)(q->arena + off))->f_ts_ns,
-                                                                  __ATOMIC_RELAXED);
+                uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) +
+                               atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
+                const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)fq__at(q, pos);
+                if (h && (pos & q->cap_mask) + FQ_FRAME_HDR <= q->cap && !(pos & 7u))
+                    st->oldest_ts_ns = (uint64_t)__atomic_load_n(&h->f_ts_ns, __ATOMIC_RELAXED);
             }
         }
     }

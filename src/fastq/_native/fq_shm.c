@@ -69,6 +69,7 @@ const char *fq_strerror(int st)
     case FQ_ERR_CONFLICT: return "group exists with other settings";
     case FQ_ERR_GROUPS: return "group table full";
     case FQ_ERR_RANGE: return "offset out of range";
+    case FQ_ERR_DATA: return "record checksum mismatch";
     default: return "unknown error";
     }
 }
@@ -114,7 +115,9 @@ static uint32_t fq__fingerprint(void)
                     (uint32_t)sizeof(struct fq_member_shm), (uint32_t)sizeof(struct fq_group_shm),
                     (uint32_t)sizeof(struct fq_desc_shm), (uint32_t)sizeof(struct fq_lease_shm),
                     (uint32_t)sizeof(struct fq_frame_hdr), (uint32_t)_Alignof(_Atomic uint64_t),
-                    FQ_BLOCK, FQ_LAYOUT_MAJOR};
+                    FQ_BLOCK, FQ_LAYOUT_MAJOR, (uint32_t)sizeof(struct fq_file_hdr),
+                    (uint32_t)sizeof(struct fq_idx_entry), (uint32_t)sizeof(struct fq_ckpt_shm),
+                    (uint32_t)sizeof(struct fq_store_shm)};
     return fq_crc32c(0, v, sizeof v);
 }
 
@@ -139,8 +142,12 @@ static int fq__check_geometry(const struct fq_super_shm *s, uint64_t file_size)
     if (s->s_total_size != file_size)
         FQ_BAD("queue file size %llu does not match its header (%llu)", (unsigned long long)file_size,
                (unsigned long long)s->s_total_size);
-    if (!fq__is_pow2(s->s_arena_cap) || s->s_arena_cap < FQ_PAGE || s->s_arena_cap > ((uint64_t)1 << 32))
+    int durable = (s->s_flags & FQ_F_DURABLE) != 0;
+    if (!fq__is_pow2(s->s_arena_cap) || s->s_arena_cap < FQ_PAGE || s->s_arena_cap > ((uint64_t)1 << 32) ||
+        (durable && (s->s_arena_cap < FQ_SEG_MIN || s->s_arena_cap > FQ_SEG_MAX)))
         FQ_BAD("bad arena capacity %llu", (unsigned long long)s->s_arena_cap);
+    if (s->s_flags & ~(uint32_t)(FQ_F_DURABLE | FQ_F_FRAME_CRC))
+        FQ_BAD("unknown queue flags %#x", s->s_flags);
     if (!fq__is_pow2(s->s_desc_count) || s->s_desc_count < 64 || s->s_desc_count > (1u << 24))
         FQ_BAD("bad descriptor count %u", s->s_desc_count);
     if (!fq__is_pow2(s->s_window_max) || s->s_window_max > s->s_desc_count)
@@ -160,7 +167,8 @@ static int fq__check_geometry(const struct fq_super_shm *s, uint64_t file_size)
     uint64_t lens[6] = {FQ_PAGE, (uint64_t)s->s_max_members * sizeof(struct fq_member_shm),
                         (uint64_t)s->s_max_groups * sizeof(struct fq_group_shm),
                         (uint64_t)s->s_desc_count * sizeof(struct fq_desc_shm),
-                        (uint64_t)s->s_max_groups * s->s_window_max * sizeof(struct fq_lease_shm), s->s_arena_cap};
+                        (uint64_t)s->s_max_groups * s->s_window_max * sizeof(struct fq_lease_shm),
+                        durable ? (uint64_t)FQ_STORE_SECTION : s->s_arena_cap};
     uint64_t prev_end = FQ_PAGE;
     for (int i = 0; i < 6; i++) {
         if (offs[i] % FQ_PAGE)
@@ -196,7 +204,18 @@ static void fq__bind(fq_queue *q, const struct fq_super_shm *s)
     q->groups = (struct fq_group_shm *)(q->base + s->s_off_groups);
     q->desc = (struct fq_desc_shm *)(q->base + s->s_off_desc);
     q->windows = (struct fq_lease_shm *)(q->base + s->s_off_windows);
-    q->arena = q->base + s->s_off_arena;
+    q->durable = (s->s_flags & FQ_F_DURABLE) != 0;
+    q->seg_shift = (uint32_t)__builtin_ctzll(s->s_arena_cap);
+    memcpy(q->uuid, s->s_uuid, 16);
+    if (q->durable) {
+        q->arena = NULL; /* positions map to segments (fq__at) */
+        q->span = (uint64_t)1 << 32;
+        q->ckpt = (struct fq_ckpt_shm *)(q->base + s->s_off_arena);
+        q->store = (struct fq_store_shm *)(q->base + s->s_off_arena + 2 * FQ_PAGE);
+    } else {
+        q->arena = q->base + s->s_off_arena;
+        q->span = s->s_arena_cap;
+    }
 }
 
 static void fq__init_handle(fq_queue *q)
@@ -205,14 +224,23 @@ static void fq__init_handle(fq_queue *q)
     q->fd = -1;
     q->lock_fd = -1;
     q->member = -1;
+    q->dirfd = -1;
+    q->open_fd = -1;
     q->pid = getpid();
 }
 
-int fq_create(fq_queue *q, const char *name, const fq_params *p)
+/* Create a queue file: a named /dev/shm object (name), an anonymous memfd
+ * (name NULL, dirfd < 0) or the control file of a segment store (dirfd >= 0:
+ * "control" in that directory, durable layout). */
+int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p)
 {
-    fq__init_handle(q);
-    fq__errmsg[0] = 0;
+    int durable = dirfd >= 0;
     uint64_t cap = fq__pow2(p->capacity < FQ_PAGE ? FQ_PAGE : p->capacity);
+    if (durable && (cap < FQ_SEG_MIN || cap > FQ_SEG_MAX)) {
+        fq__err("segment_size must be a power of two from %u to %llu bytes", FQ_SEG_MIN,
+                (unsigned long long)FQ_SEG_MAX);
+        return FQ_ERR_INVAL;
+    }
     if (cap > ((uint64_t)1 << 32)) {
         fq__err("capacity %llu is larger than the 4 GiB limit", (unsigned long long)p->capacity);
         return FQ_ERR_INVAL;
@@ -224,6 +252,8 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
         n = 64;
     if (n > (1u << 22) && !p->desc_count && !p->maxsize)
         n = 1u << 22;
+    if (durable && !p->desc_count && n > (1u << 16))
+        n = 1u << 16; /* the store's descriptors only cover records in flight near the tail */
     if (n > (1u << 24)) {
         fq__err("maxsize/desc_count %llu is larger than the limit of %u records", (unsigned long long)n, 1u << 24);
         return FQ_ERR_INVAL;
@@ -257,7 +287,8 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
     s.s_off_desc = s.s_off_groups + fq__page_up((uint64_t)g * sizeof(struct fq_group_shm));
     s.s_off_windows = s.s_off_desc + fq__page_up(n * sizeof(struct fq_desc_shm));
     s.s_off_arena = s.s_off_windows + fq__page_up((uint64_t)g * w * sizeof(struct fq_lease_shm));
-    s.s_total_size = s.s_off_arena + cap;
+    s.s_total_size = s.s_off_arena + (durable ? (uint64_t)FQ_STORE_SECTION : cap);
+    s.s_flags = durable ? FQ_F_DURABLE | FQ_F_FRAME_CRC : 0;
     s.s_created_ns = fq_realtime_ns();
     s.s_creator_pid = (int32_t)getpid();
     {
@@ -267,7 +298,18 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
     }
 
     int fd;
-    if (name) {
+    if (durable) {
+        snprintf(q->path, sizeof q->path, "%s", name);
+        fd = openat(dirfd, "control", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            if (errno == EEXIST) {
+                fq__err("log %s already exists", name);
+                return FQ_ERR_EXISTS;
+            }
+            fq__err("cannot create %s/control: %s", name, strerror(errno));
+            return FQ_ERR_SYS;
+        }
+    } else if (name) {
         int rc = fq__path(q->path, sizeof q->path, name);
         if (rc)
             return rc;
@@ -294,7 +336,9 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
     if (!err)
         err = posix_fallocate(fd, 0, (off_t)s.s_total_size);
     if (err) {
-        if (name)
+        if (durable)
+            unlinkat(dirfd, "control", 0);
+        else if (name)
             unlink(q->path);
         close(fd);
         fq__err("cannot reserve %llu bytes of shared memory: %s", (unsigned long long)s.s_total_size,
@@ -306,7 +350,9 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
     void *base = mmap(NULL, s.s_total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         err = errno;
-        if (name)
+        if (durable)
+            unlinkat(dirfd, "control", 0);
+        else if (name)
             unlink(q->path);
         close(fd);
         fq__err("mmap: %s", strerror(err));
@@ -347,7 +393,14 @@ publish:
     return FQ_OK;
 }
 
-static int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
+int fq_create(fq_queue *q, const char *name, const fq_params *p)
+{
+    fq__init_handle(q);
+    fq__errmsg[0] = 0;
+    return fq__create(q, name, -1, p);
+}
+
+int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
 {
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -430,7 +483,7 @@ out:
     q->map_size = s.s_total_size;
     q->fd = fd;
     fq__bind(q, &s);
-    if (!fq__check_dynamic(q)) {
+    if (!q->durable && !fq__check_dynamic(q)) {
         fq__err("queue control state is inconsistent (tail, floor or group positions out of bounds): "
                 "the file is corrupt");
         munmap(q->base, q->map_size);
@@ -482,7 +535,11 @@ void fq_close(fq_queue *q)
 {
     if (!q->base)
         return;
+    if (q->durable && q->member >= 0 && q->pid == getpid())
+        fq_checkpoint(q); /* best effort: a clean close leaves a short recovery scan */
     fq_leave(q);
+    if (q->durable)
+        fq__store_close(q);
     munmap(q->base, q->map_size);
     q->base = NULL;
     if (q->lock_fd >= 0)

@@ -95,7 +95,15 @@ static void fq__ec_cancel(fq_queue *q, _Atomic uint64_t *ec, unsigned which)
         atomic_fetch_sub_explicit(&q->members[q->member].m_waiting, 1u << fq__wait_shift(which), FQ_RELAXED);
 }
 
-static void fq__ec_park(_Atomic uint64_t *ec, uint32_t key, int64_t deadline_ns)
+/* Bump the epoch and wake every parked thread, counted or not (the flush
+ * leader: its followers do not count themselves, a flush is rare). */
+void fq__ec_wake_all(_Atomic uint64_t *ec)
+{
+    atomic_fetch_add_explicit(ec, (uint64_t)1 << 32, FQ_SEQCST);
+    syscall(SYS_futex, fq__ec_word(ec), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void fq__ec_park(_Atomic uint64_t *ec, uint32_t key, int64_t deadline_ns)
 {
     if (deadline_ns <= fq_now_ns())
         return;

@@ -1,0 +1,1506 @@
+/*
+ * fq_store.c — the segment store: a durable log in a directory.
+ *
+ * The control file is an ordinary queue file (fq_shm.c) whose last section
+ * is the store section (checkpoints + store state) instead of a byte ring;
+ * every other part of the protocol — the claim word, descriptors, intents,
+ * groups, windows, liveness, recovery — is the same code as the ring.  What
+ * differs is where a byte position lives and who gates the descriptor ring:
+ *
+ *   position p  -> segment p >> seg_shift, data offset p & (S-1)
+ *                  (fq__place pads at segment ends exactly as at the ring's
+ *                  wrap, so a frame never spans two segments)
+ *   floor       -> the commit frontier: every record below it is COMMITTED
+ *                  or a gap.  Groups never gate producers (DESIGN.md §2):
+ *                  a group that falls behind the descriptor ring reads its
+ *                  records from the segments, by header alone.
+ *
+ * Edges (docs/protocol.md, segment store):
+ *   S1  producer: before the claim CAS, the segments its extent touches exist
+ *       and are mapped (a claim never needs a file it cannot get).
+ *   S2  producer: after the CAS, the index entry of the first 4 KiB boundary
+ *       in its extent (fields relaxed, x_mark release), and a PAD header in
+ *       front of a frame that moved to the next segment.
+ *   S3  producer: fills the frame, then f_crc, then f_flags |= COMMITTED
+ *       (release, P4a) before d_cw = COMMITTED (P4).
+ *   S4  frontier refresh: walks descriptors with acquire loads from the
+ *       floor while COMMITTED/ABORTED, then CAS-max floor_seq, floor_pos
+ *       (seq_cst).  A reader that loads the floor (acquire) sees every frame
+ *       header, PAD and gap below it.
+ *   S5  recovery: writes gap frames over a dead extent before publishing
+ *       ABORTED (release), so S4 never passes a hole.
+ *   S6  flusher: msync(MS_SYNC) of [durable_pos, frontier) then
+ *       st_durable_pos, c_durable_seq (seq_cst), then wakes waiters.
+ *   S7  retention: CAS-max st_retain_*, checkpoint (msync), jump group lows,
+ *       then unlink: no reader ever looks for a file below st_retain_seg.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fq_crc32c.h"
+#include "fq_pvt.h"
+
+#define FQ_SEG_MASK(q) ((q)->cap_mask)
+#define FQ_NBLOCKS(q) ((q)->cap >> FQ_IDX_SHIFT)
+#define FQ_IDX_BYTES(q) (FQ_NBLOCKS(q) * sizeof(struct fq_idx_entry))
+
+static void fq__seg_name(char *out, size_t cap, uint64_t first_pos, int kind)
+{
+    snprintf(out, cap, "%020llu.%s", (unsigned long long)first_pos, kind == FQ_H_SEGMENT ? "seg" : "idx");
+}
+
+static uint32_t fq__file_hdr_crc(const struct fq_file_hdr *h) { return fq_crc32c(0, h, FQ_FILE_HDR_CRC_LEN); }
+
+static void fq__file_hdr_fill(fq_queue *q, struct fq_file_hdr *h, uint64_t k, int kind)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->h_magic, kind == FQ_H_SEGMENT ? FQ_SEG_MAGIC : FQ_IDX_MAGIC, 8);
+    h->h_major = FQ_LAYOUT_MAJOR;
+    h->h_minor = FQ_LAYOUT_MINOR;
+    h->h_kind = (uint32_t)kind;
+    memcpy(h->h_uuid, q->uuid, 16);
+    h->h_seg_no = k;
+    h->h_seg_size = q->cap;
+    h->h_data_len = kind == FQ_H_SEGMENT ? q->cap : FQ_IDX_BYTES(q);
+    h->h_created_ns = fq_realtime_ns();
+    h->h_crc = fq__file_hdr_crc(h);
+}
+
+/* Validate a segment/index file before mapping it: owner, mode, size, then
+ * the header (magic, version, kind, queue identity, number, size, CRC). */
+static int fq__file_check(fq_queue *q, int fd, uint64_t k, int kind)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
+        return 0;
+    uint64_t want = FQ_SEG_HDR + (kind == FQ_H_SEGMENT ? q->cap : FQ_IDX_BYTES(q));
+    if ((uint64_t)st.st_size != want)
+        return 0;
+    struct fq_file_hdr h;
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        return 0;
+    return memcmp(h.h_magic, kind == FQ_H_SEGMENT ? FQ_SEG_MAGIC : FQ_IDX_MAGIC, 8) == 0 &&
+           h.h_major == FQ_LAYOUT_MAJOR && h.h_kind == (uint32_t)kind && memcmp(h.h_uuid, q->uuid, 16) == 0 &&
+           h.h_seg_no == k && h.h_seg_size == q->cap && h.h_data_len == want - FQ_SEG_HDR &&
+           h.h_crc == fq__file_hdr_crc(&h);
+}
+
+/* Create segment k's file of one kind: a private temporary file, complete
+ * (size reserved, header written), then link()ed to its final name — a file
+ * is either absent or whole, and two creators race harmlessly (EEXIST). */
+static int fq__file_create(fq_queue *q, uint64_t k, int kind)
+{
+    char name[64], tmp[96];
+    fq__seg_name(name, sizeof name, k << q->seg_shift, kind);
+    if (faccessat(q->dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+        return FQ_OK;
+    static _Atomic uint32_t counter;
+    snprintf(tmp, sizeof tmp, "tmp.%d.%u.%s", (int)getpid(), atomic_fetch_add_explicit(&counter, 1, FQ_RELAXED), name);
+    int fd = openat(q->dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fq__set_err("cannot create %s: %s", tmp, strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    uint64_t len = FQ_SEG_HDR + (kind == FQ_H_SEGMENT ? q->cap : FQ_IDX_BYTES(q));
+    struct fq_file_hdr h;
+    fq__file_hdr_fill(q, &h, k, kind);
+    int err = 0;
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)len) != 0)
+        err = errno;
+    if (!err)
+        err = posix_fallocate(fd, 0, (off_t)len);
+    if (!err && pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        err = errno ? errno : EIO;
+    if (!err && q->fsync_mode != FQ_FSYNC_NEVER && fdatasync(fd) != 0)
+        err = errno;
+    close(fd);
+    if (!err) {
+        FQ_CRASHPOINT("store.roll");
+        if (linkat(q->dirfd, tmp, q->dirfd, name, 0) != 0 && errno != EEXIST)
+            err = errno;
+    }
+    unlinkat(q->dirfd, tmp, 0);
+    if (err) {
+        fq__set_err("cannot create segment file %s (%llu bytes): %s", name, (unsigned long long)len, strerror(err));
+        errno = err;
+        return err == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+    }
+    if (q->fsync_mode != FQ_FSYNC_NEVER)
+        fsync(q->dirfd);
+    return FQ_OK;
+}
+
+static void *fq__file_map(fq_queue *q, uint64_t k, int kind, size_t *len)
+{
+    char name[64];
+    fq__seg_name(name, sizeof name, k << q->seg_shift, kind);
+    int fd = openat(q->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    void *m = NULL;
+    if (fq__file_check(q, fd, k, kind)) {
+        *len = FQ_SEG_HDR + (kind == FQ_H_SEGMENT ? q->cap : FQ_IDX_BYTES(q));
+        m = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED)
+            m = NULL;
+    } else {
+        errno = EINVAL;
+        fq__set_err("segment file %s failed validation (header, size, owner or mode)", name);
+    }
+    close(fd);
+    return m;
+}
+
+static void fq__segmap_drop(struct fq_segmap *e)
+{
+    if (e->seg)
+        munmap(e->seg, e->seg_len);
+    if (e->idx)
+        munmap(e->idx, e->idx_len);
+    memset(e, 0, sizeof *e);
+}
+
+/* Segment k mapped in this process (creating its files if create). */
+static struct fq_segmap *fq__seg(fq_queue *q, uint64_t k, int create)
+{
+    struct fq_segmap *e = &q->segmap[k & (FQ_SEGMAP - 1)];
+    if (fq__likely(e->tag == k + 1))
+        return e;
+    if (create) {
+        /* index first: a segment never exists without its index (unless a
+         * creator died in between; readers then walk the segment). */
+        if (fq__file_create(q, k, FQ_H_INDEX) != FQ_OK || fq__file_create(q, k, FQ_H_SEGMENT) != FQ_OK)
+            return NULL;
+        fq__cas_max(&q->store->st_seg_hwm, k, FQ_RELAXED);
+    }
+    size_t sl = 0, il = 0;
+    uint8_t *seg = fq__file_map(q, k, FQ_H_SEGMENT, &sl);
+    if (!seg)
+        return NULL;
+    uint8_t *idx = fq__file_map(q, k, FQ_H_INDEX, &il);
+    fq__segmap_drop(e);
+    e->seg = seg;
+    e->seg_len = sl;
+    e->idx = idx;
+    e->idx_len = il;
+    e->tag = k + 1;
+    return e;
+}
+
+uint8_t *fq__store_ptr(fq_queue *q, uint64_t pos, int create)
+{
+    struct fq_segmap *e = fq__seg(q, pos >> q->seg_shift, create);
+    return e ? e->seg + FQ_SEG_HDR + (pos & FQ_SEG_MASK(q)) : NULL;
+}
+
+static struct fq_idx_entry *fq__idx(fq_queue *q, uint64_t k, uint64_t b)
+{
+    struct fq_segmap *e = fq__seg(q, k, 0);
+    if (!e || !e->idx || b >= FQ_NBLOCKS(q))
+        return NULL;
+    return (struct fq_idx_entry *)(e->idx + FQ_SEG_HDR) + b;
+}
+
+void fq__store_close(fq_queue *q)
+{
+    if (q->segmap) {
+        for (uint32_t i = 0; i < FQ_SEGMAP; i++)
+            fq__segmap_drop(&q->segmap[i]);
+        free(q->segmap);
+        q->segmap = NULL;
+    }
+    if (q->dirfd >= 0)
+        close(q->dirfd);
+    if (q->open_fd >= 0)
+        close(q->open_fd);
+    q->dirfd = q->open_fd = -1;
+}
+
+/* ---- producer side ------------------------------------------------------ */
+
+/* S1: every segment [p, e) touches exists and is mapped; when the extent
+ * passes the middle of a segment the next one is created ahead of time, so a
+ * roll rarely waits for a file. */
+int fq__store_prepare(fq_queue *q, uint64_t p, uint64_t e)
+{
+    uint64_t k0 = p >> q->seg_shift, k1 = (e - 1) >> q->seg_shift;
+    for (uint64_t k = k0; k <= k1; k++)
+        if (!fq__seg(q, k, 1))
+            return errno == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+    uint64_t half = q->cap >> 1;
+    if ((p & FQ_SEG_MASK(q)) < half && ((e - 1) & FQ_SEG_MASK(q)) >= half &&
+        atomic_load_explicit(&q->store->st_seg_hwm, FQ_RELAXED) <= k1) {
+        struct fq_segmap *cur = fq__seg(q, k1, 0);
+        (void)cur;
+        fq__seg(q, k1 + 1, 1); /* best effort: the claim that needs it retries */
+    }
+    return FQ_OK;
+}
+
+/* S2: index entry for the first 4 KiB boundary X >= p inside [p, e), unless
+ * X starts a segment (every segment starts with a frame anyway). */
+void fq__store_index(fq_queue *q, uint64_t seq, uint64_t p, uint64_t e, int64_t ts)
+{
+    uint64_t X = (p + FQ_IDX_BLOCK - 1) & ~(uint64_t)(FQ_IDX_BLOCK - 1);
+    if (X >= e || (X & FQ_SEG_MASK(q)) == 0)
+        return;
+    struct fq_idx_entry *x = fq__idx(q, X >> q->seg_shift, (X & FQ_SEG_MASK(q)) >> FQ_IDX_SHIFT);
+    if (!x)
+        return;
+    atomic_store_explicit(&x->x_mark, 0, FQ_RELAXED);
+    atomic_store_explicit(&x->x_seq, seq, FQ_RELAXED);
+    atomic_store_explicit(&x->x_ts_ns, ts, FQ_RELAXED);
+    atomic_store_explicit(&x->x_off, (uint32_t)(p & FQ_SEG_MASK(q)), FQ_RELAXED);
+    atomic_store_explicit(&x->x_mark, FQ_IDX_MARK, FQ_RELEASE);
+    FQ_CRASHPOINT("store.index");
+}
+
+/* CRC32C of a frame: header with f_crc = 0 and its final flags, then the
+ * payload.  Seal = compute it, store f_crc, then f_flags (release, last). */
+static uint32_t fq__frame_crc(const struct fq_frame_hdr *h, uint16_t flags, const uint8_t *payload, uint32_t plen)
+{
+    struct fq_frame_hdr c;
+    memcpy(&c, h, sizeof c);
+    c.f_crc = 0;
+    c.f_flags = flags;
+    uint32_t crc = fq_crc32c(0, &c, sizeof c);
+    return plen ? fq_crc32c(crc, payload, plen) : crc;
+}
+
+void fq__store_seal(struct fq_frame_hdr *h, uint16_t flags)
+{
+    uint32_t plen = (flags & FQ_FR_DATA) ? h->f_len - FQ_FRAME_HDR : 0;
+    h->f_crc = fq__frame_crc(h, flags, (const uint8_t *)(h + 1), plen);
+    __atomic_store_n(&h->f_flags, flags, __ATOMIC_RELEASE);
+}
+
+void fq__store_pad(fq_queue *q, uint64_t seq, uint64_t pos, uint32_t len)
+{
+    if (len < FQ_FRAME_HDR)
+        return;
+    struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__store_ptr(q, pos, 0);
+    if (!h)
+        return;
+    h->f_len = len;
+    h->f_seq = seq;
+    h->f_ts_ns = 0;
+    h->f_version = FQ_FRAME_VERSION;
+    h->f_type = 0;
+    fq__store_seal(h, FQ_FR_PAD | FQ_FR_COMMITTED);
+}
+
+/* Validate a frame header read at a position with `room` bytes left in its
+ * segment; for DATA frames also the CRC.  1 = valid, 0 = not. */
+int fq__store_check(const struct fq_frame_hdr *h, const uint8_t *frame, uint64_t room)
+{
+    uint16_t fl = __atomic_load_n(&h->f_flags, __ATOMIC_ACQUIRE);
+    uint16_t kind = fl & FQ_FR_KIND;
+    if (!(fl & FQ_FR_COMMITTED) || (kind != FQ_FR_DATA && kind != FQ_FR_GAP && kind != FQ_FR_PAD))
+        return 0;
+    if (h->f_len < FQ_FRAME_HDR || fq__align8(h->f_len) > room || h->f_version != FQ_FRAME_VERSION)
+        return 0;
+    uint32_t plen = kind == FQ_FR_DATA ? h->f_len - FQ_FRAME_HDR : 0;
+    if (kind == FQ_FR_DATA && (h->f_type >> 16) > plen)
+        return 0;
+    return fq__frame_crc(h, fl, frame + FQ_FRAME_HDR, plen) == h->f_crc;
+}
+
+/* S5: gap frames over the dead extent [start, end) of records
+ * [seq, seq+count): the first readable header declares the run, a part in
+ * the next segment is a continuation (count 0).  Caller: recovery, before
+ * it publishes ABORTED. */
+void fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end)
+{
+    uint64_t p = start;
+    int first = 1;
+    while ((int64_t)(end - p) > 0) {
+        uint64_t seg_end = (p | FQ_SEG_MASK(q)) + 1, room = seg_end - p;
+        if (room < FQ_FRAME_HDR) {
+            p = seg_end;
+            continue;
+        }
+        uint64_t len = (end < seg_end ? end : seg_end) - p;
+        struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__store_ptr(q, p, 1);
+        if (!h || len < FQ_FRAME_HDR)
+            return;
+        h->f_len = (uint32_t)len;
+        h->f_seq = first ? seq : seq + count;
+        h->f_ts_ns = first ? (int64_t)count : 0;
+        h->f_version = FQ_FRAME_VERSION;
+        h->f_type = 0;
+        fq__store_seal(h, FQ_FR_GAP | FQ_FR_COMMITTED);
+        first = 0;
+        p += len;
+    }
+}
+
+void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
+{
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
+    struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos);
+    if (h)
+        h->f_type = (h->f_type & 0xFFFFu) | (key_len << 16);
+}
+
+/* ---- the commit frontier (S4) ------------------------------------------- */
+
+int fq__refresh_frontier(fq_queue *q)
+{
+    uint64_t t = atomic_load_explicit(&q->ctrl->c_tail, FQ_ACQUIRE);
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t ts = fq__tail_seq(t, fs);
+    if ((int64_t)(ts - fs) <= 0 || ts - fs > q->n_desc)
+        return 0;
+    uint64_t L = fs, P = fp;
+    while ((int64_t)(ts - L) > 0) {
+        struct fq_desc_shm *d = fq__desc(q, L);
+        uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+        if (!fq__cw_published(cw, L) || fq__cw_st(cw) == FQ_D_WRITING)
+            break;
+        /* seqlock read (P2a writer): acquire loads keep the re-check after them */
+        uint64_t P2 = atomic_load_explicit(&d->d_ext_start, FQ_ACQUIRE) + atomic_load_explicit(&d->d_ext_len, FQ_ACQUIRE);
+        if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw || (int64_t)(P2 - P) < 0)
+            break; /* recycled: another refresher moved the floor past L */
+        P = P2;
+        L++;
+    }
+    if (L == fs)
+        return 0;
+    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_SEQCST);
+    fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_SEQCST);
+    return 1;
+}
+
+uint64_t fq_frontier(fq_queue *q)
+{
+    if (q->durable)
+        fq__refresh_frontier(q);
+    return atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+}
+
+/* ---- walking segments ---------------------------------------------------- */
+
+/* The frame at or after *cp below limit, skipping segment tails and PAD
+ * frames.  1 = a DATA/GAP frame at *cp (header copied to *h, *fr points to
+ * it); 0 = reached limit; -1 = its segment is gone (retention); -2 = corrupt. */
+static int fq__walk(fq_queue *q, uint64_t *cp, uint64_t limit, struct fq_frame_hdr *h, const uint8_t **fr)
+{
+    for (;;) {
+        if ((int64_t)(limit - *cp) <= 0)
+            return 0;
+        uint64_t room = q->cap - (*cp & FQ_SEG_MASK(q));
+        if (room < FQ_FRAME_HDR) {
+            *cp += room;
+            continue;
+        }
+        const uint8_t *b = fq__store_ptr(q, *cp, 0);
+        if (!b)
+            return -1;
+        memcpy(h, b, sizeof *h);
+        h->f_flags = __atomic_load_n(&((const struct fq_frame_hdr *)b)->f_flags, __ATOMIC_ACQUIRE);
+        if (!fq__store_check((const struct fq_frame_hdr *)b, b, room))
+            return -2;
+        if ((h->f_flags & FQ_FR_KIND) == FQ_FR_PAD) {
+            if (h->f_len != room)
+                return -2;
+            *cp += room;
+            continue;
+        }
+        *fr = b;
+        return 1;
+    }
+}
+
+static uint64_t fq__frame_count(const struct fq_frame_hdr *h)
+{
+    return (h->f_flags & FQ_FR_KIND) == FQ_FR_DATA ? 1 : (uint64_t)h->f_ts_ns;
+}
+
+/* First seq of segment k (its frame at offset 0), or 0 with *ok = 0. */
+static uint64_t fq__seg_first(fq_queue *q, uint64_t k, uint64_t limit, int *ok)
+{
+    uint64_t cp = k << q->seg_shift;
+    struct fq_frame_hdr h;
+    const uint8_t *fr;
+    *ok = fq__walk(q, &cp, limit, &h, &fr) == 1 && cp == (k << q->seg_shift);
+    return *ok ? h.f_seq : 0;
+}
+
+/* An anchor (aseq, apos) with aseq <= seq: the frame at apos starts record
+ * aseq.  Binary search over segments by their first record, then over the
+ * segment's index entries (holes skipped), each hint checked on the frame. */
+static int fq__anchor(fq_queue *q, uint64_t seq, uint64_t limit, uint64_t *aseq, uint64_t *apos)
+{
+    if (limit == 0)
+        return 0;
+    uint64_t lo = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE), hi = (limit - 1) >> q->seg_shift;
+    uint64_t best = UINT64_MAX, best_seq = 0;
+    while ((int64_t)(hi - lo) >= 0) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        int ok;
+        uint64_t f = fq__seg_first(q, mid, limit, &ok);
+        if (!ok) {
+            lo = mid + 1; /* deleted under us (retention) or unreadable: look later */
+            continue;
+        }
+        if ((int64_t)(f - seq) <= 0) {
+            best = mid;
+            best_seq = f;
+            lo = mid + 1;
+        } else {
+            if (mid == 0)
+                break;
+            hi = mid - 1;
+        }
+    }
+    if (best == UINT64_MAX)
+        return 0;
+    *aseq = best_seq;
+    *apos = best << q->seg_shift;
+    /* index entries of segment `best` below the limit */
+    uint64_t nb = FQ_NBLOCKS(q), seg0 = best << q->seg_shift;
+    if ((int64_t)(limit - (seg0 + q->cap)) < 0)
+        nb = (limit - seg0) >> FQ_IDX_SHIFT;
+    uint64_t blo = 1, bhi = nb ? nb - 1 : 0, xs = 0, xo = 0;
+    int found = 0;
+    while (blo <= bhi && nb > 1) {
+        uint64_t mid = blo + (bhi - blo) / 2, j = mid;
+        struct fq_idx_entry *x = NULL;
+        for (; j >= blo; j--) {
+            x = fq__idx(q, best, j);
+            if (!x)
+                break;
+            if (atomic_load_explicit(&x->x_mark, FQ_ACQUIRE) == FQ_IDX_MARK)
+                break;
+            x = NULL;
+            if (j == 0)
+                break;
+        }
+        if (!x) {
+            blo = mid + 1;
+            continue;
+        }
+        uint64_t s = atomic_load_explicit(&x->x_seq, FQ_RELAXED);
+        uint32_t off = atomic_load_explicit(&x->x_off, FQ_RELAXED);
+        if ((int64_t)(s - seq) <= 0 && off < q->cap) {
+            xs = s;
+            xo = off;
+            found = 1;
+            blo = mid + 1;
+        } else {
+            if (j == 0)
+                break;
+            bhi = j - 1;
+        }
+    }
+    if (found && (int64_t)(xs - best_seq) >= 0) {
+        uint64_t cp = seg0 + xo;
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        if (fq__walk(q, &cp, limit, &h, &fr) == 1 && cp == seg0 + xo && h.f_seq == xs) {
+            *aseq = xs;
+            *apos = cp;
+        }
+    }
+    return 1;
+}
+
+int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
+{
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    if ((int64_t)(seq - fs) >= 0)
+        return 0;
+    if ((int64_t)(seq - atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE)) < 0)
+        return -1;
+    uint64_t cs, cp;
+    if ((int64_t)(seq - q->rd_seq) >= 0 && seq - q->rd_seq < 256 && q->rd_pos) {
+        cs = q->rd_seq;
+        cp = q->rd_pos;
+    } else if (!fq__anchor(q, seq, fp, &cs, &cp)) {
+        return -1;
+    }
+    for (;;) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        int r = fq__walk(q, &cp, fp, &h, &fr);
+        if (r <= 0) {
+            q->rd_pos = 0;
+            return r == 0 ? -2 : r; /* below the frontier every record has a frame */
+        }
+        uint64_t n = fq__frame_count(&h);
+        if (h.f_seq != cs || n > q->n_desc * 2) {
+            q->rd_pos = 0;
+            return -2;
+        }
+        uint64_t next = cp + fq__align8(h.f_len);
+        if (seq - cs < n) {
+            *pos = cp;
+            q->rd_seq = cs + n;
+            q->rd_pos = next;
+            return (h.f_flags & FQ_FR_KIND) == FQ_FR_DATA ? 1 : 2;
+        }
+        cs += n;
+        cp = next;
+    }
+}
+
+/* ---- replay without a group --------------------------------------------- */
+
+uint64_t fq_first_seq(fq_queue *q)
+{
+    if (!q->durable)
+        return atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    return atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE);
+}
+
+int fq_seek_seq(fq_queue *q, uint64_t seq, fq_cursor *c)
+{
+    if (!q->durable)
+        return FQ_ERR_INVAL;
+    fq__refresh_frontier(q);
+    uint64_t rs = atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE);
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    if ((int64_t)(seq - rs) < 0)
+        seq = rs;
+    if ((int64_t)(seq - fs) >= 0) {
+        c->seq = fs;
+        c->pos = fp;
+        return FQ_OK;
+    }
+    uint64_t cs, cp;
+    if (!fq__anchor(q, seq, fp, &cs, &cp))
+        return FQ_ERR_CORRUPT;
+    while ((int64_t)(seq - cs) > 0) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        uint64_t at = cp;
+        int r = fq__walk(q, &at, fp, &h, &fr);
+        if (r <= 0 || h.f_seq != cs)
+            return r == -1 ? FQ_ERR_RANGE : FQ_ERR_CORRUPT;
+        uint64_t n = fq__frame_count(&h);
+        if (seq - cs < n)
+            break; /* inside a gap: start at the gap, read_next skips it */
+        cs += n;
+        cp = at + fq__align8(h.f_len);
+    }
+    c->seq = cs;
+    c->pos = cp;
+    return FQ_OK;
+}
+
+static int64_t fq__seg_first_ts(fq_queue *q, uint64_t k, uint64_t limit, int *ok)
+{
+    uint64_t cp = k << q->seg_shift, end = cp + q->cap;
+    if ((int64_t)(limit - end) < 0)
+        end = limit;
+    for (int i = 0; i < 64; i++) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        if (fq__walk(q, &cp, end, &h, &fr) != 1)
+            break;
+        if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA) {
+            *ok = 1;
+            return h.f_ts_ns;
+        }
+        cp += fq__align8(h.f_len);
+    }
+    *ok = 0;
+    return 0;
+}
+
+/* First record appended at or after ts_ns (CLOCK_REALTIME of its claim; to
+ * within the clock order of concurrent producers, microseconds). */
+int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c)
+{
+    if (!q->durable)
+        return FQ_ERR_INVAL;
+    fq__refresh_frontier(q);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t lo = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE);
+    uint64_t hi = fp ? (fp - 1) >> q->seg_shift : 0, best = lo;
+    if (fp == 0)
+        return fq_seek_seq(q, 0, c);
+    while ((int64_t)(hi - lo) >= 0) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        int ok;
+        int64_t t = fq__seg_first_ts(q, mid, fp, &ok);
+        if (ok && t <= ts_ns) {
+            best = mid;
+            lo = mid + 1;
+        } else if (!ok) {
+            lo = mid + 1;
+        } else {
+            if (mid == 0)
+                break;
+            hi = mid - 1;
+        }
+    }
+    /* inside segment `best`: the last index entry claimed before ts_ns */
+    uint64_t seg0 = best << q->seg_shift, cp = seg0;
+    uint64_t nb = FQ_NBLOCKS(q);
+    if ((int64_t)(fp - (seg0 + q->cap)) < 0)
+        nb = (fp - seg0) >> FQ_IDX_SHIFT;
+    uint64_t blo = 1, bhi = nb ? nb - 1 : 0;
+    while (blo <= bhi && nb > 1) {
+        uint64_t mid = blo + (bhi - blo) / 2;
+        struct fq_idx_entry *x = fq__idx(q, best, mid);
+        if (!x || atomic_load_explicit(&x->x_mark, FQ_ACQUIRE) != FQ_IDX_MARK) {
+            bhi = mid - 1; /* a hole: stay left (correct, maybe slower) */
+            continue;
+        }
+        if (atomic_load_explicit(&x->x_ts_ns, FQ_RELAXED) < ts_ns) {
+            uint32_t off = atomic_load_explicit(&x->x_off, FQ_RELAXED);
+            uint64_t at = seg0 + (off < q->cap ? off : 0);
+            struct fq_frame_hdr h;
+            const uint8_t *fr;
+            if (off < q->cap && fq__walk(q, &at, fp, &h, &fr) == 1 && at == seg0 + off &&
+                h.f_seq == atomic_load_explicit(&x->x_seq, FQ_RELAXED))
+                cp = at;
+            blo = mid + 1;
+        } else {
+            bhi = mid - 1;
+        }
+    }
+    /* walk to the first data record with f_ts_ns >= ts_ns */
+    for (;;) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        uint64_t at = cp;
+        int r = fq__walk(q, &at, fp, &h, &fr);
+        if (r == 0) {
+            c->seq = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+            c->pos = fp;
+            return FQ_OK;
+        }
+        if (r < 0)
+            return r == -1 ? FQ_ERR_RANGE : FQ_ERR_CORRUPT;
+        if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA && h.f_ts_ns >= ts_ns) {
+            c->seq = h.f_seq;
+            c->pos = at;
+            return FQ_OK;
+        }
+        cp = at + fq__align8(h.f_len);
+    }
+}
+
+int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
+{
+    if (!q->durable)
+        return FQ_ERR_INVAL;
+    for (int refreshed = 0;;) {
+        uint64_t rs = atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE);
+        if ((int64_t)(c->seq - rs) < 0) {
+            int rc = fq_seek_seq(q, rs, c); /* retention deleted our position: jump */
+            if (rc)
+                return rc;
+        }
+        uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        uint64_t at = c->pos;
+        int r = fq__walk(q, &at, fp, &h, &fr);
+        if (r == 0) {
+            if (refreshed || !fq__refresh_frontier(q))
+                return FQ_EMPTY;
+            refreshed = 1;
+            continue;
+        }
+        if (r == -1)
+            continue; /* deleted under us: the retention check above jumps */
+        if (r < 0 || h.f_seq != c->seq) {
+            fq__set_err("record %llu at log position %llu failed validation (checksum or header)",
+                        (unsigned long long)c->seq, (unsigned long long)at);
+            return FQ_ERR_DATA;
+        }
+        c->pos = at + fq__align8(h.f_len);
+        if ((h.f_flags & FQ_FR_KIND) != FQ_FR_DATA) {
+            c->seq += fq__frame_count(&h);
+            continue;
+        }
+        c->seq += 1;
+        out->seq = h.f_seq;
+        out->data = fr + FQ_FRAME_HDR;
+        out->len = h.f_len - FQ_FRAME_HDR;
+        out->deliveries = 0;
+        out->ts_ns = h.f_ts_ns;
+        out->flags = 0;
+        out->key_len = h.f_type >> 16;
+        return FQ_OK;
+    }
+}
+
+/* ---- flushing (S6) and checkpoints --------------------------------------- */
+
+uint64_t fq_durable_seq(fq_queue *q) { return atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE); }
+
+static int fq__msync_range(fq_queue *q, uint64_t from, uint64_t to)
+{
+    while ((int64_t)(to - from) > 0) {
+        uint64_t k = from >> q->seg_shift, seg_end = (k + 1) << q->seg_shift;
+        uint64_t end = (int64_t)(to - seg_end) < 0 ? to : seg_end;
+        struct fq_segmap *e = fq__seg(q, k, 0);
+        if (e) {
+            uint64_t a = FQ_SEG_HDR + (from & FQ_SEG_MASK(q)), b = FQ_SEG_HDR + (end - (k << q->seg_shift));
+            a &= ~(uint64_t)(FQ_PAGE - 1);
+            if (msync(e->seg + a, b - a, MS_SYNC) != 0) {
+                fq__set_err("msync of segment %llu: %s", (unsigned long long)k, strerror(errno));
+                return FQ_ERR_SYS;
+            }
+        } /* a segment retention already deleted needs no flush */
+        from = end;
+    }
+    return FQ_OK;
+}
+
+static void fq__boot_id(char out[40])
+{
+    memset(out, 0, 40);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, out, 39);
+        close(fd);
+        while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == 0))
+            out[--n] = 0;
+    }
+}
+
+static uint32_t fq__ckpt_crc(const struct fq_ckpt_shm *k)
+{
+    uint32_t ng = k->k_ngroups > FQ_MAX_GROUPS ? FQ_MAX_GROUPS : k->k_ngroups;
+    return fq_crc32c(0, (const uint8_t *)k + 8, 72 + 16 * (size_t)ng);
+}
+
+/* Write checkpoint (seq, pos) into the next slot and msync it.  Caller
+ * holds the flush lock (or is the exclusive recoverer). */
+static int fq__ckpt_write(fq_queue *q, uint64_t seq, uint64_t pos)
+{
+    uint64_t gen = atomic_load_explicit(&q->store->st_ckpt_gen, FQ_ACQUIRE) + 1;
+    struct fq_ckpt_shm *k = &q->ckpt[gen & 1];
+    struct fq_ckpt_shm c;
+    memset(&c, 0, sizeof c);
+    c.k_magic = FQ_CKPT_MAGIC;
+    c.k_gen = gen;
+    c.k_seq = seq;
+    c.k_pos = pos;
+    c.k_retain_seg = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE);
+    c.k_retain_seq = atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE);
+    c.k_ts_ns = fq_realtime_ns();
+    c.k_tail_seq = fq_tail_seq(q);
+    c.k_ngroups = q->max_groups;
+    memcpy(c.k_boot, q->store->st_boot, 8);
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        uint32_t st = atomic_load_explicit(&G->g_state, FQ_ACQUIRE);
+        c.k_groups[g].kg_state = st;
+        c.k_groups[g].kg_gen = atomic_load_explicit(&G->g_gen, FQ_ACQUIRE);
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+        /* never past what is on disk: after a power loss the group resumes
+         * at or below the recovered tail (at-least-once) */
+        c.k_groups[g].kg_low = (int64_t)(low - seq) > 0 ? seq : low;
+    }
+    c.k_crc = fq__ckpt_crc(&c);
+    memcpy(k, &c, sizeof c);
+    FQ_CRASHPOINT("store.checkpoint");
+    if (msync((void *)((uintptr_t)k & ~(uintptr_t)(FQ_PAGE - 1)), FQ_PAGE, MS_SYNC) != 0) {
+        fq__set_err("msync of the checkpoint: %s", strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    atomic_store_explicit(&q->store->st_ckpt_seq, seq, FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_ckpt_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_ckpt_gen, gen, FQ_RELEASE);
+    return FQ_OK;
+}
+
+/* The flush lock: member id + 1 in st_flush_owner; a dead holder is replaced. */
+static int fq__flush_lock(fq_queue *q)
+{
+    if (q->member < 0)
+        return 0;
+    uint32_t me = (uint32_t)q->member + 1, cur = 0;
+    if (atomic_compare_exchange_strong_explicit(&q->store->st_flush_owner, &cur, me, FQ_ACQUIRE, FQ_RELAXED))
+        return 1;
+    if (cur == me)
+        return 0; /* another thread of this handle flushes: wait for it */
+    if (cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) == 0 &&
+        atomic_compare_exchange_strong_explicit(&q->store->st_flush_owner, &cur, me, FQ_ACQUIRE, FQ_RELAXED))
+        return 1;
+    return 0;
+}
+
+static int fq__flush_locked(fq_queue *q, int checkpoint)
+{
+    fq__refresh_frontier(q);
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t dp = atomic_load_explicit(&q->store->st_durable_pos, FQ_ACQUIRE);
+    int rc = FQ_OK;
+    if ((int64_t)(fp - dp) > 0)
+        rc = fq__msync_range(q, dp, fp);
+    FQ_CRASHPOINT("store.after_sync");
+    if (rc == FQ_OK) {
+        fq__cas_max(&q->store->st_durable_pos, fp, FQ_SEQCST);
+        fq__cas_max(&q->ctrl->c_durable_seq, fs, FQ_SEQCST);
+        if (checkpoint)
+            rc = fq__ckpt_write(q, fs, fp);
+    }
+    return rc;
+}
+
+static void fq__flush_unlock(fq_queue *q)
+{
+    atomic_store_explicit(&q->store->st_flush_owner, 0, FQ_RELEASE);
+    fq__ec_wake_all(&q->ctrl->c_durable_ec);
+}
+
+int fq_flush(fq_queue *q, uint64_t upto, int64_t deadline_ns)
+{
+    if (!q->durable)
+        return FQ_OK;
+    for (;;) {
+        uint32_t key = (uint32_t)(atomic_load_explicit(&q->ctrl->c_durable_ec, FQ_SEQCST) >> 32);
+        if ((int64_t)(atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE) - upto) >= 0)
+            return FQ_OK;
+        if (fq__flush_lock(q)) {
+            /* a checkpoint at most every 100 ms: it costs one more write */
+            int64_t last = (int64_t)atomic_load_explicit(&q->store->st_ckpt_ns, FQ_RELAXED);
+            int rc = fq__flush_locked(q, fq_now_ns() - last > 100000000);
+            fq__flush_unlock(q);
+            if (rc)
+                return rc;
+            if ((int64_t)(atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE) - upto) < 0) {
+                /* records below upto are still being written: let them land */
+                if (fq_now_ns() >= deadline_ns)
+                    return FQ_TIMEOUT;
+                struct timespec ts = {0, 20000};
+                nanosleep(&ts, NULL);
+            }
+            continue;
+        }
+        if (fq_now_ns() >= deadline_ns)
+            return FQ_TIMEOUT;
+        int64_t until = fq_now_ns() + 10000000;
+        fq__ec_park(&q->ctrl->c_durable_ec, key, until < deadline_ns ? until : deadline_ns);
+    }
+}
+
+int fq_checkpoint(fq_queue *q)
+{
+    if (!q->durable)
+        return FQ_OK;
+    for (int i = 0; i < 20000; i++) {
+        if (fq__flush_lock(q)) {
+            int rc = fq__flush_locked(q, 1);
+            fq__flush_unlock(q);
+            return rc;
+        }
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return FQ_TIMEOUT;
+}
+
+/* ---- retention (S7) ------------------------------------------------------ */
+
+static void fq__unlink_seg(fq_queue *q, uint64_t k)
+{
+    char name[64];
+    fq__seg_name(name, sizeof name, k << q->seg_shift, FQ_H_SEGMENT);
+    unlinkat(q->dirfd, name, 0);
+    fq__seg_name(name, sizeof name, k << q->seg_shift, FQ_H_INDEX);
+    unlinkat(q->dirfd, name, 0);
+    struct fq_segmap *e = &q->segmap[k & (FQ_SEGMAP - 1)];
+    if (e->tag == k + 1)
+        fq__segmap_drop(e);
+}
+
+/* Jump group g past records retention deleted (its low-watermark below
+ * seq) and count what it skipped. */
+static void fq__jump_group(fq_queue *q, uint32_t g, uint64_t seq)
+{
+    struct fq_group_shm *G = fq__group(q, g);
+    if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+        return;
+    uint64_t low = atomic_load_explicit(&G->g_low, FQ_SEQCST);
+    while ((int64_t)(seq - low) > 0) {
+        if (atomic_compare_exchange_weak_explicit(&G->g_low, &low, seq, FQ_SEQCST, FQ_SEQCST)) {
+            atomic_fetch_add_explicit(&G->g_skipped, seq - low, FQ_RELAXED);
+            atomic_fetch_add_explicit(&G->g_acked, seq - low, FQ_RELAXED); /* finished, for qsize */
+            break;
+        }
+    }
+    fq__cas_max(&G->g_dispatch, seq, FQ_RELAXED);
+}
+
+void fq__retention_jump(fq_queue *q, uint32_t g)
+{
+    fq__jump_group(q, g, atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE));
+}
+
+static void fq__jump_groups(fq_queue *q, uint64_t seq)
+{
+    for (uint32_t g = 0; g < q->max_groups; g++)
+        fq__jump_group(q, g, seq);
+}
+
+int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed)
+{
+    if (!q->durable)
+        return FQ_ERR_INVAL;
+    fq__refresh_frontier(q);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t active = fp >> q->seg_shift; /* never deleted: producers may still write in it */
+    uint64_t k0 = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE), k = k0;
+    uint64_t hwm = atomic_load_explicit(&q->store->st_seg_hwm, FQ_ACQUIRE);
+    if ((int64_t)(hwm - active) < 0)
+        hwm = active;
+    uint64_t min_low = UINT64_MAX;
+    int any_group = 0;
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+            continue;
+        any_group = 1;
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+        if (low < min_low)
+            min_low = low;
+    }
+    int64_t now = fq_realtime_ns();
+    uint64_t per_seg = q->cap + FQ_IDX_BYTES(q) + 2 * FQ_SEG_HDR;
+    while ((int64_t)(active - k) > 0) {
+        int ok;
+        uint64_t next_first = fq__seg_first(q, k + 1, fp, &ok);
+        if (!ok && k + 1 != active)
+            break;
+        if (!ok) /* k + 1 is the active segment and still empty: its first seq is the frontier */
+            next_first = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+        int del = 0;
+        if (max_bytes && (hwm + 1 - k) * per_seg > max_bytes)
+            del = 1;
+        if (!del && max_age_ns) {
+            int tok;
+            int64_t t = fq__seg_first_ts(q, k + 1, fp, &tok);
+            if (tok && now - t > max_age_ns)
+                del = 1; /* everything in k is older than the first record of k+1 */
+        }
+        if (!del && consumed && any_group && (int64_t)(next_first - min_low) <= 0)
+            del = 1;
+        if (!del)
+            break;
+        k++;
+    }
+    if (k == k0)
+        return 0;
+    int ok;
+    uint64_t rseq = fq__seg_first(q, k, fp, &ok);
+    if (!ok)
+        rseq = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    fq__cas_max(&q->store->st_retain_seq, rseq, FQ_SEQCST);
+    fq__cas_max(&q->store->st_retain_seg, k, FQ_SEQCST);
+    int rc = fq_checkpoint(q); /* the checkpoint moves before any file goes */
+    if (rc)
+        return rc;
+    fq__jump_groups(q, rseq);
+    FQ_CRASHPOINT("store.before_unlink");
+    for (uint64_t j = k0; j != k; j++)
+        fq__unlink_seg(q, j);
+    if (q->fsync_mode != FQ_FSYNC_NEVER)
+        fsync(q->dirfd);
+    return (int)(k - k0);
+}
+
+/* ---- create / open -------------------------------------------------------- */
+
+#define FQ_OPEN_BYTE (FQ_LOCK_BASE - 1)   /* shared by every open handle; cold recovery takes it exclusively */
+
+static int fq__open_lock(int fd, short type, int wait)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = FQ_OPEN_BYTE;
+    fl.l_len = 1;
+    for (;;) {
+        if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+static int fq__store_init_handle(fq_queue *q, int dirfd, uint32_t fsync_mode)
+{
+    q->dirfd = dirfd;
+    q->fsync_mode = fsync_mode;
+    q->segmap = calloc(FQ_SEGMAP, sizeof *q->segmap);
+    if (!q->segmap) {
+        fq__set_err("out of memory");
+        return FQ_ERR_SYS;
+    }
+    q->open_fd = fq__open_lock_fd(q);
+    if (q->open_fd < 0) {
+        fq__set_err("cannot reopen the control file: %s", strerror(errno));
+        return FQ_ERR_SYS;
+    }
+    return FQ_OK;
+}
+
+static int fq__open_dirfd(const char *dir, int create)
+{
+    if (create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fq__set_err("cannot create directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        fq__set_err("cannot open directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(dfd, &st) != 0 || st.st_uid != geteuid()) {
+        fq__set_err("directory %s is not owned by us (uid %u)", dir, (unsigned)geteuid());
+        close(dfd);
+        errno = EPERM;
+        return -1;
+    }
+    return dfd;
+}
+
+int fq_create_dir(fq_queue *q, const char *dir, const fq_params *p, uint32_t fsync_mode)
+{
+    memset(q, 0, sizeof *q);
+    q->fd = q->lock_fd = q->dirfd = q->open_fd = -1;
+    q->member = -1;
+    q->pid = getpid();
+    if (fsync_mode > FQ_FSYNC_ALWAYS)
+        return FQ_ERR_INVAL;
+    int dfd = fq__open_dirfd(dir, 1);
+    if (dfd < 0)
+        return errno == EPERM ? FQ_ERR_PERM : FQ_ERR_SYS;
+    fq_params pp = *p;
+    pp.flags |= FQ_P_NO_QUEUE_GROUP;
+    int rc = fq__create(q, dir, dfd, &pp);
+    if (rc) {
+        close(dfd);
+        return rc;
+    }
+    rc = fq__store_init_handle(q, dfd, fsync_mode);
+    if (rc == FQ_OK && fq__open_lock(q->open_fd, F_RDLCK, 0) != 0)
+        rc = FQ_ERR_SYS;
+    if (rc == FQ_OK) {
+        fq__boot_id(q->store->st_boot);
+        q->store->st_fsync = fsync_mode;
+        if (!fq__seg(q, 0, 1)) /* an empty log has its first segment */
+            rc = errno == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+    }
+    if (rc == FQ_OK)
+        rc = fq__ckpt_write(q, 0, 0);
+    if (rc == FQ_OK && (msync(q->base, q->map_size, MS_SYNC) != 0 || fsync(dfd) != 0))
+        rc = FQ_ERR_SYS;
+    if (rc) {
+        fq_close(q);
+        return rc;
+    }
+    return FQ_OK;
+}
+
+static int fq__ckpt_valid(fq_queue *q, const struct fq_ckpt_shm *k)
+{
+    return k->k_magic == FQ_CKPT_MAGIC && k->k_ngroups <= FQ_MAX_GROUPS && k->k_crc == fq__ckpt_crc(k) &&
+           !(k->k_pos & 7u) && (int64_t)(k->k_seq - k->k_retain_seq) >= 0 &&
+           (int64_t)((k->k_pos >> q->seg_shift) - k->k_retain_seg) >= 0;
+}
+
+/* Segments present in the directory: lowest and highest number; removes
+ * temporary files of dead creators.  0 if none. */
+static int fq__scan_dir(fq_queue *q, uint64_t *lo, uint64_t *hi)
+{
+    int dfd = dup(q->dirfd);
+    if (dfd < 0)
+        return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    int any = 0;
+    rewinddir(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "tmp.", 4) == 0) {
+            unlinkat(q->dirfd, de->d_name, 0);
+            continue;
+        }
+        unsigned long long pos;
+        char ext[8];
+        if (strlen(de->d_name) != 24 || sscanf(de->d_name, "%20llu.%3s", &pos, ext) != 2 || strcmp(ext, "seg") != 0)
+            continue;
+        if (pos & FQ_SEG_MASK(q))
+            continue;
+        uint64_t k = pos >> q->seg_shift;
+        if (!any || k < *lo)
+            *lo = k;
+        if (!any || k > *hi)
+            *hi = k;
+        any = 1;
+    }
+    closedir(d);
+    return any;
+}
+
+/* Zero the data of segment k from offset off to its end; returns how many of
+ * those bytes were not already zero (the torn tail). */
+static uint64_t fq__zero_tail(fq_queue *q, uint64_t k, uint64_t off)
+{
+    struct fq_segmap *e = fq__seg(q, k, 0);
+    if (!e)
+        return 0;
+    uint8_t *b = e->seg + FQ_SEG_HDR;
+    uint64_t last = q->cap;
+    while (last > off && b[last - 1] == 0)
+        last--;
+    if (last > off) {
+        memset(b + off, 0, last - off);
+        msync(e->seg + ((FQ_SEG_HDR + off) & ~(uint64_t)(FQ_PAGE - 1)), e->seg_len - ((FQ_SEG_HDR + off) & ~(uint64_t)(FQ_PAGE - 1)), MS_SYNC);
+    }
+    return last - off;
+}
+
+static void fq__idx_clear(fq_queue *q, uint64_t k, uint64_t from_block)
+{
+    for (uint64_t b = from_block; b < FQ_NBLOCKS(q); b++) {
+        struct fq_idx_entry *x = fq__idx(q, k, b);
+        if (!x)
+            return;
+        if (atomic_load_explicit(&x->x_mark, FQ_RELAXED) || atomic_load_explicit(&x->x_seq, FQ_RELAXED))
+            memset((void *)x, 0, sizeof *x);
+    }
+}
+
+/* Cold recovery (exclusive: nobody else has the store open).  Trusts only
+ * the superblock, the group configuration, the checkpoints (CRC) and the
+ * segments (CRC per record); rebuilds everything else.  See docs/store.md. */
+static int fq__cold_recover(fq_queue *q, int policy, fq_recovery_report *r)
+{
+    const struct fq_ckpt_shm *ck = NULL;
+    for (int i = 0; i < 2; i++)
+        if (fq__ckpt_valid(q, &q->ckpt[i]) && (!ck || q->ckpt[i].k_gen > ck->k_gen))
+            ck = &q->ckpt[i];
+    uint64_t lo = 0, hi = 0;
+    int any = fq__scan_dir(q, &lo, &hi);
+    uint64_t cs = q->base_seq, cp = q->base_pos, rseg = 0, rseq = q->base_seq;
+    if (ck) {
+        cs = ck->k_seq;
+        cp = ck->k_pos;
+        rseg = ck->k_retain_seg;
+        rseq = ck->k_retain_seq;
+        if (any && (int64_t)(rseg - lo) < 0)
+            ck = NULL; /* files the checkpoint counts on are gone: rescan what exists */
+    }
+    if (!ck) {
+        r->reason = 3;
+        if (any) {
+            int ok;
+            rseg = lo;
+            cp = lo << q->seg_shift;
+            atomic_store_explicit(&q->store->st_retain_seg, lo, FQ_RELAXED);
+            cs = fq__seg_first(q, lo, (hi + 1) << q->seg_shift, &ok);
+            if (!ok) {
+                if (lo != 0) {
+                    fq__set_err("recovery: the oldest segment (%llu) has no valid first record and no checkpoint "
+                                "says where the log starts", (unsigned long long)lo);
+                    return FQ_ERR_DATA;
+                }
+                cs = q->base_seq;
+            }
+            rseq = cs;
+        }
+    }
+    atomic_store_explicit(&q->store->st_retain_seg, rseg, FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_retain_seq, rseq, FQ_RELAXED);
+    r->ckpt_seq = cs;
+    r->ckpt_pos = cp;
+    uint64_t limit = any ? (hi + 1) << q->seg_shift : cp;
+    /* index entries at or after the scan start are rebuilt from the walk */
+    for (uint64_t k = cp >> q->seg_shift; any && (int64_t)(hi - k) >= 0; k++)
+        fq__idx_clear(q, k, k == (cp >> q->seg_shift) ? ((cp & FQ_SEG_MASK(q)) + FQ_IDX_BLOCK - 1) >> FQ_IDX_SHIFT : 1);
+    for (;;) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        uint64_t at = cp;
+        int w = fq__walk(q, &at, limit, &h, &fr);
+        uint64_t n = w == 1 ? fq__frame_count(&h) : 0;
+        if (w == 1 && h.f_seq == cs && n <= ((uint64_t)1 << 32)) {
+            uint64_t fb = fq__align8(h.f_len);
+            uint64_t X = (at + FQ_IDX_BLOCK - 1) & ~(uint64_t)(FQ_IDX_BLOCK - 1);
+            if (X < at + fb && (X & FQ_SEG_MASK(q))) {
+                struct fq_idx_entry *x = fq__idx(q, X >> q->seg_shift, (X & FQ_SEG_MASK(q)) >> FQ_IDX_SHIFT);
+                if (x) {
+                    atomic_store_explicit(&x->x_seq, cs, FQ_RELAXED);
+                    atomic_store_explicit(&x->x_ts_ns, (h.f_flags & FQ_FR_KIND) == FQ_FR_DATA ? h.f_ts_ns : 0, FQ_RELAXED);
+                    atomic_store_explicit(&x->x_off, (uint32_t)(at & FQ_SEG_MASK(q)), FQ_RELAXED);
+                    atomic_store_explicit(&x->x_mark, FQ_IDX_MARK, FQ_RELEASE);
+                    r->index_rebuilt++;
+                }
+            }
+            if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA)
+                r->scanned++;
+            cs += n;
+            cp = at + fb;
+            continue;
+        }
+        if (w == 0)
+            break;
+        /* A bad or missing frame at (cs, at).  Valid records in a later
+         * segment mean corruption in the middle of the log; none, a torn tail. */
+        uint64_t kb = at >> q->seg_shift, kn = 0, next_first = 0;
+        int later = 0;
+        for (uint64_t k = kb + 1; any && (int64_t)(hi - k) >= 0; k++) {
+            int ok;
+            uint64_t f = fq__seg_first(q, k, limit, &ok);
+            if (ok && (int64_t)(f - cs) >= 0) {
+                later = 1;
+                kn = k;
+                next_first = f;
+                break;
+            }
+        }
+        if (!later)
+            break;
+        r->corrupt = 1;
+        if (!r->corrupt_seq)
+            r->corrupt_seq = cs;
+        if (policy != FQ_CORRUPT_SKIP) {
+            fq__set_err("record %llu (log position %llu, segment %020llu.seg) is corrupt and valid records follow "
+                        "it; open with on_corrupt=\"skip\" to drop records %llu..%llu and go on",
+                        (unsigned long long)cs, (unsigned long long)at,
+                        (unsigned long long)(kb << q->seg_shift), (unsigned long long)cs,
+                        (unsigned long long)(next_first - 1));
+            return FQ_ERR_DATA;
+        }
+        /* skip: the rest of the damaged segment becomes one counted gap */
+        if (next_first != cs) {
+            fq__store_gap(q, cs, next_first - cs, at, kn << q->seg_shift);
+            r->skipped += next_first - cs;
+            atomic_fetch_add_explicit(&q->store->st_skipped, next_first - cs, FQ_RELAXED);
+        }
+        cs = next_first;
+        cp = kn << q->seg_shift;
+        if (kn > kb + 1) /* whole segments missing in between: nothing to walk there */
+            for (uint64_t k = kb + 1; k < kn; k++)
+                if (!fq__seg(q, k, 1))
+                    return FQ_ERR_SYS;
+    }
+    /* torn tail: zero the rest of cp's segment, remove later segments */
+    uint64_t kc = cp >> q->seg_shift;
+    r->tail_seq = cs;
+    r->tail_pos = cp;
+    if (!fq__seg(q, kc, 1))
+        return errno == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+    r->truncated_bytes += fq__zero_tail(q, kc, cp & FQ_SEG_MASK(q));
+    fq__idx_clear(q, kc, ((cp & FQ_SEG_MASK(q)) + FQ_IDX_BLOCK - 1) >> FQ_IDX_SHIFT);
+    for (uint64_t k = kc + 1; any && (int64_t)(hi - k) >= 0; k++) {
+        char name[64];
+        fq__seg_name(name, sizeof name, k << q->seg_shift, FQ_H_SEGMENT);
+        if (faccessat(q->dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+            r->truncated_bytes += fq__zero_tail(q, k, 0);
+            r->segments_removed++;
+        }
+        fq__unlink_seg(q, k);
+    }
+    FQ_CRASHPOINT("store.recover_cut");
+    /* the control state, rebuilt */
+    struct fq_ctrl_shm *c = q->ctrl;
+    atomic_store_explicit(&c->c_tail, fq__tail_pack(cs, cp), FQ_RELAXED);
+    atomic_store_explicit(&c->c_floor_seq, cs, FQ_RELAXED);
+    atomic_store_explicit(&c->c_floor_pos, cp, FQ_RELAXED);
+    atomic_store_explicit(&c->c_floor_proposal, cs, FQ_RELAXED);
+    atomic_store_explicit(&c->c_data_ec, atomic_load_explicit(&c->c_data_ec, FQ_RELAXED) & ~(uint64_t)0xFFFFFFFFu, FQ_RELAXED);
+    atomic_store_explicit(&c->c_space_ec, atomic_load_explicit(&c->c_space_ec, FQ_RELAXED) & ~(uint64_t)0xFFFFFFFFu, FQ_RELAXED);
+    atomic_store_explicit(&c->c_done_ec, atomic_load_explicit(&c->c_done_ec, FQ_RELAXED) & ~(uint64_t)0xFFFFFFFFu, FQ_RELAXED);
+    atomic_store_explicit(&c->c_durable_ec, atomic_load_explicit(&c->c_durable_ec, FQ_RELAXED) & ~(uint64_t)0xFFFFFFFFu, FQ_RELAXED);
+    atomic_store_explicit(&c->c_recovery_owner, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_admin_owner, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_last_scan_ns, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_aborted, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_abort_seq, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_abort_len, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_member_hwm, 0, FQ_RELAXED);
+    atomic_store_explicit(&c->c_durable_seq, cs, FQ_RELAXED);
+    memset((void *)q->members, 0, (size_t)q->max_members * sizeof *q->members);
+    memset((void *)q->desc, 0, (size_t)q->n_desc * sizeof *q->desc);
+    atomic_store_explicit(&q->store->st_flush_owner, 0, FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_durable_pos, cp, FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_seg_hwm, kc, FQ_RELAXED);
+    for (uint32_t g = 0; g < q->max_groups; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        uint32_t st = atomic_load_explicit(&G->g_state, FQ_RELAXED);
+        int sane = st == FQ_G_ACTIVE && memchr(G->g_name, 0, sizeof G->g_name) && G->g_name[0] &&
+                   memchr(G->g_dlq, 0, sizeof G->g_dlq) && ((uint64_t)1 << (G->g_window_log2 & 31)) <= q->window;
+        struct fq_lease_shm *win = &q->windows[(uint64_t)g * q->window];
+        if (!sane) {
+            if (st != FQ_G_FREE)
+                atomic_store_explicit(&G->g_state, FQ_G_FREE, FQ_RELAXED);
+            continue;
+        }
+        uint64_t low = G->g_start_seq;
+        uint32_t gen = atomic_load_explicit(&G->g_gen, FQ_RELAXED);
+        if (ck && g < ck->k_ngroups && ck->k_groups[g].kg_state == FQ_G_ACTIVE && ck->k_groups[g].kg_gen == gen)
+            low = ck->k_groups[g].kg_low;
+        if ((int64_t)(low - cs) > 0)
+            low = cs;
+        if ((int64_t)(low - rseq) < 0)
+            low = rseq;
+        for (uint64_t i = 0; i < q->window; i++) {
+            unsigned lst = fq__lw_st(atomic_load_explicit(&win[i].l_w, FQ_RELAXED));
+            if (lst == FQ_L_LEASED || lst == FQ_L_RETRY)
+                r->leases_reset++;
+        }
+        memset((void *)win, 0, (size_t)q->window * sizeof *win);
+        G->g_start_seq = low;
+        atomic_store_explicit(&G->g_low, low, FQ_RELAXED);
+        atomic_store_explicit(&G->g_dispatch, low, FQ_RELAXED);
+        atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
+        atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
+        atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
+        r->groups++;
+    }
+    int rc = fq__msync_range(q, r->ckpt_pos, cp);
+    if (rc == FQ_OK)
+        rc = fq__ckpt_write(q, cs, cp);
+    if (rc == FQ_OK && msync(q->base, q->map_size, MS_SYNC) != 0)
+        rc = FQ_ERR_SYS;
+    atomic_fetch_add_explicit(&q->store->st_recoveries, 1, FQ_RELAXED);
+    r->ran = 1;
+    return rc;
+}
+
+int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int corrupt_policy,
+                fq_recovery_report *rep)
+{
+    fq_recovery_report dummy;
+    if (!rep)
+        rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    memset(q, 0, sizeof *q);
+    q->fd = q->lock_fd = q->dirfd = q->open_fd = -1;
+    q->member = -1;
+    q->pid = getpid();
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        fq__set_err("no log at %s: %s", dir, strerror(errno));
+        return errno == ENOENT ? FQ_ERR_NOENT : errno == EACCES ? FQ_ERR_PERM : FQ_ERR_SYS;
+    }
+    int fd = openat(dfd, "control", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        close(dfd);
+        fq__set_err("no log at %s (no control file: %s)", dir, strerror(e));
+        return e == ENOENT ? FQ_ERR_NOENT : e == EACCES || e == ELOOP ? FQ_ERR_PERM : FQ_ERR_SYS;
+    }
+    snprintf(q->path, sizeof q->path, "%s", dir);
+    int rc = fq__attach(q, fd, wait_ns);
+    if (rc == FQ_OK && !q->durable) {
+        fq__set_err("%s/control is not the control file of a durable log", dir);
+        rc = FQ_ERR_FORMAT;
+        munmap(q->base, q->map_size);
+        q->base = NULL;
+    }
+    if (rc) {
+        close(fd);
+        close(dfd);
+        q->fd = -1;
+        return rc;
+    }
+    rc = fq__store_init_handle(q, dfd, q->store->st_fsync <= FQ_FSYNC_ALWAYS ? q->store->st_fsync : FQ_FSYNC_NEVER);
+    if (rc) {
+        fq_close(q);
+        return rc;
+    }
+    if (fq__open_lock(q->open_fd, F_WRLCK, 0) == 0) {
+        /* Nobody else has the store open: decide whether its shared state
+         * can be trusted.  Within one boot the page cache holds exactly what
+         * the processes left (a process crash loses nothing; the liveness
+         * recovery of the ring handles dead members).  After a reboot — or
+         * when asked, or when the state is inconsistent — rebuild it. */
+        char boot[40];
+        fq__boot_id(boot);
+        int reason = recover == FQ_RECOVER_FORCE ? 2 : strncmp(boot, q->store->st_boot, 40) != 0 ? 1
+                   : !fq__check_dynamic(q) ? 4 : 0;
+        uint64_t lo, hi;
+        fq__scan_dir(q, &lo, &hi); /* temporary files of dead creators */
+        for (uint64_t k = 0; k < atomic_load_explicit(&q->store->st_retain_seg, FQ_RELAXED); k++) {
+            if (k + FQ_SEGMAP < atomic_load_explicit(&q->store->st_retain_seg, FQ_RELAXED))
+                continue; /* leftovers of an interrupted retention: only the last few can be there */
+            fq__unlink_seg(q, k);
+        }
+        if (reason) {
+            rep->reason = reason;
+            rc = fq__cold_recover(q, corrupt_policy, rep);
+            if (rep->reason == 3 && reason != 3)
+                rep->reason = reason;
+        }
+        if (rc == FQ_OK) {
+            memcpy(q->store->st_boot, boot, 40);
+            if (fq__open_lock(q->open_fd, F_RDLCK, 0) != 0)
+                rc = FQ_ERR_SYS;
+        }
+    } else if (recover == FQ_RECOVER_FORCE) {
+        fq__set_err("log %s is open in another process: recovery needs it closed everywhere", dir);
+        rc = FQ_ERR_EXISTS;
+    } else if (fq__open_lock(q->open_fd, F_RDLCK, 1) != 0) {
+        fq__set_err("cannot lock %s/control: %s", dir, strerror(errno));
+        rc = FQ_ERR_SYS;
+    } else if (!fq__check_dynamic(q)) {
+        fq__set_err("log %s: control state is inconsistent (tail, floor or group positions out of bounds)", dir);
+        rc = FQ_ERR_CORRUPT;
+    }
+    if (rc) {
+        fq_close(q);
+        return rc;
+    }
+    return FQ_OK;
+}
+
+int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq)
+{
+    *records = 0;
+    *bad_seq = 0;
+    fq_cursor c;
+    int rc = fq_seek_seq(q, fq_first_seq(q), &c);
+    if (rc)
+        return rc;
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    for (;;) {
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        uint64_t at = c.pos;
+        int w = fq__walk(q, &at, fp, &h, &fr);
+        if (w == 0)
+            return FQ_OK;
+        if (w < 0 || h.f_seq != c.seq) {
+            *bad_seq = c.seq;
+            fq__set_err("record %llu at log position %llu (segment %020llu.seg) failed its checksum or header check",
+                        (unsigned long long)c.seq, (unsigned long long)at,
+                        (unsigned long long)((at >> q->seg_shift) << q->seg_shift));
+            return w == -1 ? FQ_ERR_RANGE : FQ_ERR_DATA;
+        }
+        if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA)
+            (*records)++;
+        c.seq += fq__frame_count(&h);
+        c.pos = at + fq__align8(h.f_len);
+    }
+}
