@@ -23,6 +23,7 @@ cdef extern from "fq.h" nogil:
         FQ_ERR_CONFLICT
         FQ_ERR_GROUPS
         FQ_ERR_RANGE
+        FQ_ERR_DATA
 
     ctypedef struct fq_params:
         uint64_t capacity
@@ -62,6 +63,8 @@ cdef extern from "fq.h" nogil:
         uint32_t window
         uint64_t maxsize
         uint64_t limit_records
+        int durable
+        uint32_t fsync_mode
 
     ctypedef struct fq_msg:
         uint64_t seq
@@ -70,6 +73,7 @@ cdef extern from "fq.h" nogil:
         uint32_t deliveries
         int64_t ts_ns
         uint32_t flags
+        uint32_t key_len
 
     ctypedef struct fq_stats:
         uint64_t tail_seq, tail_pos, floor_seq, floor_pos
@@ -77,6 +81,7 @@ cdef extern from "fq.h" nogil:
         uint64_t pending, lag_bytes, oldest_ts_ns
         int64_t retry_pending
         uint64_t aborted, recovered, tasks_done
+        uint64_t skipped, first_seq, durable_seq
         uint32_t data_waiters, space_waiters, members_alive, recovery_owner, consumers
     void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
 
@@ -122,6 +127,37 @@ cdef extern from "fq.h" nogil:
 
     int fq_maintain(fq_queue *q, int force)
     int fq_member_alive(fq_queue *q, uint32_t id)
+
+    enum: FQ_FSYNC_NEVER
+    enum: FQ_FSYNC_INTERVAL
+    enum: FQ_FSYNC_ALWAYS
+    enum: FQ_RECOVER_AUTO
+    enum: FQ_RECOVER_FORCE
+    enum: FQ_CORRUPT_REFUSE
+    enum: FQ_CORRUPT_SKIP
+    ctypedef struct fq_recovery_report:
+        int ran, reason
+        uint64_t ckpt_seq, ckpt_pos, tail_seq, tail_pos, scanned, truncated_bytes, corrupt_seq, skipped
+        uint64_t leases_reset
+        uint32_t groups, segments_removed, index_rebuilt
+        int corrupt
+    ctypedef struct fq_cursor:
+        uint64_t seq, pos
+    int fq_create_dir(fq_queue *q, const char *dir, const fq_params *p, uint32_t fsync_mode)
+    int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int corrupt_policy,
+                    fq_recovery_report *rep)
+    int fq_flush(fq_queue *q, uint64_t upto_seq, int64_t deadline_ns)
+    int fq_checkpoint(fq_queue *q)
+    uint64_t fq_durable_seq(fq_queue *q)
+    int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed)
+    uint64_t fq_first_seq(fq_queue *q)
+    int fq_seek_seq(fq_queue *q, uint64_t seq, fq_cursor *c)
+    int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c)
+    int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
+    uint64_t fq_frontier(fq_queue *q)
+    void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
+    int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq)
+    int64_t fq_realtime_ns()
 
     void FQ_CRASHPOINT(const char *name)
     void fq_crash_arm(const char *spec)

@@ -40,6 +40,15 @@ class CorruptQueueError(FastqError):
     """A queue file failed validation (checksum, bounds, impossible state)."""
 
 
+class CorruptRecordError(CorruptQueueError):
+    """A record of a durable log failed its checksum or header check.  ``offset``
+    is the first bad record (None when not known)."""
+
+    def __init__(self, msg, offset=None):
+        super().__init__(msg)
+        self.offset = offset
+
+
 class IncompatibleQueueError(FastqError):
     """The file is not a fastq queue of a layout this build can read."""
 
@@ -72,6 +81,8 @@ cdef int _raise(int rc, str what=None) except -1:
         raise OSError(_errno.ENOSPC, msg)
     if rc == N.FQ_ERR_CORRUPT:
         raise CorruptQueueError(msg)
+    if rc == N.FQ_ERR_DATA:
+        raise CorruptRecordError(msg)
     if rc == N.FQ_ERR_FORMAT:
         raise IncompatibleQueueError(msg)
     if rc == N.FQ_ERR_MEMBERS:
@@ -89,6 +100,16 @@ def crash_arm(spec):
     """Arm a named crash point in this process (tests): ``"prod.after_cas[:n]"``."""
     b = spec.encode() if spec else b""
     N.fq_crash_arm(b)
+
+
+cdef bytes _as_bytes(object b, str what):
+    if PyBytes_CheckExact(b):
+        return <bytes>b
+    if isinstance(b, str):
+        raise TypeError(f"{what} must be bytes-like, not str (encode it first)")
+    if not PyObject_CheckBuffer(b):
+        raise TypeError(f"{what} must be bytes-like, not {type(b).__name__!r}")
+    return bytes(memoryview(b).cast('B'))
 
 
 cdef bytes _encode_name(object name):
@@ -152,6 +173,7 @@ cdef class Ring:
     cdef readonly object name
     cdef public uint32_t _kind     # FQ_M_KIND_* bits this handle registers with
     cdef uint32_t _gets            # group gets since the last liveness scan
+    cdef object __weakref__        # fork hook registry (fastq.queue._live)
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -208,6 +230,176 @@ cdef class Ring:
             _raise(rc, "cannot attach to inherited queue")
         self._mapped = True
         self._join()
+
+    def _create_dir(self, path, uint64_t segment_size, uint32_t max_groups, uint32_t window, uint32_t fsync,
+                    uint32_t max_members=0, uint32_t desc_count=0):
+        """Create the durable log directory ``path`` (segment store)."""
+        cdef N.fq_params p
+        p.capacity = segment_size
+        p.maxsize = 0
+        p.desc_count = desc_count
+        p.window = window
+        p.max_members = max_members
+        p.max_groups = max_groups
+        p.flags = N.FQ_P_NO_QUEUE_GROUP
+        bpath = _os.fsencode(path)
+        if b"\x00" in bpath:
+            raise ValueError("log path contains a NUL character")
+        rc = N.fq_create_dir(&self.q, bpath, &p, fsync)
+        if rc != N.FQ_OK:
+            _raise(rc, f"cannot create log {path!r}")
+        self._mapped = True
+        self.name = path
+        self._join()
+
+    def _open_dir(self, path, double wait=1.0, bint recover=False, bint skip_corrupt=False):
+        """Open the durable log ``path``; returns the recovery report (a dict)."""
+        cdef N.fq_recovery_report r
+        bpath = _os.fsencode(path)
+        if b"\x00" in bpath:
+            raise ValueError("log path contains a NUL character")
+        rc = N.fq_open_dir(&self.q, bpath, <int64_t>(wait * 1e9),
+                           N.FQ_RECOVER_FORCE if recover else N.FQ_RECOVER_AUTO,
+                           N.FQ_CORRUPT_SKIP if skip_corrupt else N.FQ_CORRUPT_REFUSE, &r)
+        report = {"ran": bool(r.ran), "reason": {0: None, 1: "new boot", 2: "requested", 3: "no checkpoint",
+                                                  4: "inconsistent state"}.get(r.reason, "unknown"),
+                  "checkpoint_offset": r.ckpt_seq, "tail_offset": r.tail_seq, "records_verified": r.scanned,
+                  "truncated_bytes": r.truncated_bytes, "corrupt": bool(r.corrupt),
+                  "corrupt_offset": r.corrupt_seq if r.corrupt else None, "skipped": r.skipped,
+                  "leases_reset": r.leases_reset, "groups": r.groups, "segments_removed": r.segments_removed,
+                  "index_entries_rebuilt": r.index_rebuilt}
+        if rc == N.FQ_ERR_DATA:
+            raise CorruptRecordError(f"cannot open log {path!r}: {_detail(rc)}", r.corrupt_seq)
+        if rc != N.FQ_OK:
+            _raise(rc, f"cannot open log {path!r}")
+        self._mapped = True
+        self.name = path
+        self._join()
+        return report
+
+    def _set_fsync(self, uint32_t mode):
+        self._check_mapped()
+        self.q.fsync_mode = mode
+
+    @property
+    def _durable(self):
+        self._check_mapped()
+        return bool(self.q.durable)
+
+    def _flush(self, timeout=None):
+        """Make every record appended so far durable (fdatasync); False on timeout."""
+        cdef int64_t deadline
+        cdef uint64_t upto
+        cdef int rc
+        self._ensure()
+        deadline = _deadline(timeout)
+        if deadline < 0:
+            deadline = <int64_t>0x7FFFFFFFFFFFFFFF
+        upto = N.fq_tail_seq(&self.q)
+        self._inflight += 1   # close() defers the unmap while we flush without the GIL
+        with nogil:
+            rc = N.fq_flush(&self.q, upto, deadline)
+        self._inflight -= 1
+        if self._closed:
+            self._release_if_idle()
+        if rc == N.FQ_TIMEOUT:
+            return False
+        if rc != N.FQ_OK:
+            _raise(rc, "flush")
+        return True
+
+    cdef int _sync_upto(self, uint64_t upto) except -1:
+        cdef int rc
+        self._inflight += 1
+        with nogil:
+            rc = N.fq_flush(&self.q, upto, <int64_t>0x7FFFFFFFFFFFFFFF)
+        self._inflight -= 1
+        if self._closed:
+            self._release_if_idle()
+        if rc != N.FQ_OK:
+            _raise(rc, "fsync")
+        return 0
+
+    def _checkpoint(self):
+        self._ensure()
+        cdef int rc
+        self._inflight += 1
+        with nogil:
+            rc = N.fq_checkpoint(&self.q)
+        self._inflight -= 1
+        if self._closed:
+            self._release_if_idle()
+        if rc != N.FQ_OK:
+            _raise(rc, "checkpoint")
+
+    def _retain(self, uint64_t max_bytes, double max_age, bint consumed):
+        """Delete old segments; returns how many were deleted."""
+        self._ensure()
+        rc = N.fq_retain(&self.q, max_bytes, <int64_t>(max_age * 1e9), consumed)
+        if rc < 0:
+            _raise(rc, "retention")
+        return rc
+
+    def _first_seq(self):
+        self._check_mapped()
+        return N.fq_first_seq(&self.q)
+
+    def _durable_seq(self):
+        self._check_mapped()
+        return N.fq_durable_seq(&self.q)
+
+    def _frontier(self):
+        self._check_mapped()
+        return N.fq_frontier(&self.q)
+
+    def _seek(self, seq=None, ts=None):
+        """Cursor (seq, pos) of the first record at or after offset seq / time ts (seconds)."""
+        cdef N.fq_cursor c
+        self._check_mapped()
+        if ts is not None:
+            rc = N.fq_seek_time(&self.q, <int64_t>(ts * 1e9), &c)
+        else:
+            rc = N.fq_seek_seq(&self.q, seq, &c)
+        if rc != N.FQ_OK:
+            _raise(rc, "seek")
+        return c.seq, c.pos
+
+    def _read_batch(self, uint64_t seq, uint64_t pos, uint64_t end, uint32_t maxn):
+        """Up to maxn records from cursor (seq, pos) below offset end:
+        ([(offset, timestamp_ns, key, data)], seq, pos)."""
+        cdef N.fq_cursor c
+        cdef N.fq_msg m
+        cdef list out = []
+        cdef uint32_t k
+        self._check_mapped()
+        c.seq = seq
+        c.pos = pos
+        while <uint32_t>len(out) < maxn and c.seq < end:
+            rc = N.fq_read_next(&self.q, &c, &m)
+            if rc == N.FQ_EMPTY:
+                break
+            if rc == N.FQ_ERR_DATA:
+                raise CorruptRecordError(_detail(rc), c.seq)
+            if rc != N.FQ_OK:
+                _raise(rc, "read")
+            if m.seq >= end:
+                break
+            k = m.key_len
+            out.append((m.seq, m.ts_ns,
+                        PyBytes_FromStringAndSize(<const char *>m.data, k) if k else None,
+                        PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
+        return out, c.seq, c.pos
+
+    def _verify(self):
+        """CRC-check every retained record: (records, None) or raises CorruptRecordError."""
+        cdef uint64_t recs = 0, bad = 0
+        self._check_mapped()
+        rc = N.fq_verify(&self.q, &recs, &bad)
+        if rc == N.FQ_ERR_DATA:
+            raise CorruptRecordError(_detail(rc), bad)
+        if rc != N.FQ_OK:
+            _raise(rc, "verify")
+        return recs
 
     def _fileno(self):
         self._check_mapped()
@@ -316,13 +508,38 @@ cdef class Ring:
             self._ensure()
         self._put_one(obj if self._dumps is None else self._dumps(obj), block, timeout, &seq)
 
-    def _append(self, data, block=True, timeout=None):
-        """Append one raw record; returns its offset (seq)."""
+    def _append(self, data, block=True, timeout=None, key=None):
+        """Append one raw record (with an optional key); returns its offset (seq)."""
         cdef uint64_t seq
         if self._closed or self.q.member < 0:
             self._ensure()
-        self._put_one(data, block, timeout, &seq)
+        if key is None:
+            self._put_one(data, block, timeout, &seq)
+        else:
+            self._put_keyed(key, data, block, timeout, &seq)
+        if self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
+            self._sync_upto(seq + 1)
         return seq
+
+    cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq) except -1:
+        cdef bytes k = _as_bytes(key, "key")
+        cdef bytes d = _as_bytes(data, "data")
+        cdef Py_ssize_t kl = PyBytes_GET_SIZE(k), dl = PyBytes_GET_SIZE(d)
+        cdef uint32_t len32
+        cdef uint8_t *dst
+        if kl > 4096:
+            raise ValueError(f"key of {kl} bytes is longer than 4096 bytes")
+        if kl + dl > N.fq_max_payload(&self.q):
+            self._too_big(kl + dl)
+        len32 = <uint32_t>(kl + dl)
+        self._claim(&len32, 1, N.fq_frame_bytes(len32), seq, block, timeout)
+        # claim -> copy -> commit: GIL held, nothing can raise
+        dst = N.fq_payload(&self.q, seq[0])
+        memcpy(dst, PyBytes_AS_STRING(k), kl)
+        memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
+        N.fq_set_key_len(&self.q, seq[0], <uint32_t>kl)
+        N.fq_commit(&self.q, seq[0], 1)
+        return 0
 
     cdef int _put_one(self, object data, object block, object timeout, uint64_t *seq) except -1:
         cdef Py_buffer view
@@ -377,12 +594,28 @@ cdef class Ring:
             return self._put_array(items, block, timeout)
         self._put_datas(self._prepare(items, self._dumps), block, timeout, None)
 
-    def _append_many(self, items, block=True, timeout=None):
-        """Append raw records; returns their offsets."""
+    def _append_many(self, items, block=True, timeout=None, keys=None):
+        """Append raw records (keys: None or one key per item); returns their offsets."""
         if self._closed or self.q.member < 0:
             self._ensure()
         cdef list offsets = []
-        self._put_datas(self._prepare(items, None), block, timeout, offsets)
+        cdef list klens = None
+        datas = self._prepare(items, None)
+        if keys is not None:
+            keys = [_as_bytes(k, "key") for k in keys]
+            if len(keys) != len(datas):
+                raise ValueError(f"append_many got {len(datas)} items and {len(keys)} keys")
+            klens = []
+            for i, k in enumerate(keys):
+                if len(k) > 4096:
+                    raise ValueError(f"key of {len(k)} bytes is longer than 4096 bytes")
+                if len(k) + len(datas[i]) > N.fq_max_payload(&self.q):
+                    self._too_big(len(k) + len(datas[i]))
+                datas[i] = k + datas[i]
+                klens.append(len(k))
+        self._put_datas(datas, block, timeout, offsets, klens)
+        if offsets and self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
+            self._sync_upto(offsets[len(offsets) - 1] + 1)  # one flush for the whole batch
         return offsets
 
     cdef list _prepare(self, object items, object dumps):
@@ -400,7 +633,7 @@ cdef class Ring:
             datas.append(d)
         return datas
 
-    cdef int _put_datas(self, list datas, object block, object timeout, list offsets) except -1:
+    cdef int _put_datas(self, list datas, object block, object timeout, list offsets, list klens=None) except -1:
         cdef Py_ssize_t n = len(datas), i = 0, j, k
         cdef uint64_t limit = N.fq_batch_limit(&self.q)
         cdef uint64_t half = self.q.cap // 2, nbytes, fb, seq
@@ -429,6 +662,8 @@ cdef class Ring:
                 for k in range(j - i):
                     d = datas[i + k]
                     memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+                    if klens is not None and klens[i + k]:
+                        N.fq_set_key_len(&self.q, seq + k, <uint32_t>klens[i + k])
                 N.fq_commit(&self.q, seq, <uint32_t>(j - i))
                 if offsets is not None:
                     offsets.extend(range(seq, seq + <uint64_t>(j - i)))
@@ -691,7 +926,7 @@ cdef class Ring:
 
     def _g_get(self, uint32_t g, uint32_t maxn, object timeout, object group, object consumer):
         """Lease up to maxn records of group g as Message objects ([] on timeout)."""
-        cdef uint32_t n, i
+        cdef uint32_t n, i, kl
         cdef Message m
         if self._closed or self.q.member < 0:
             self._ensure()
@@ -714,7 +949,10 @@ cdef class Ring:
             m = Message.__new__(Message)
             m._m = self._msgs[i]
             m._m.data = NULL
-            m.data = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, self._msgs[i].len)
+            kl = self._msgs[i].key_len
+            if kl:
+                m.key = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, kl)
+            m.data = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data + kl, self._msgs[i].len - kl)
             m._ring = self
             m._g = g
             m.group = group
@@ -845,6 +1083,7 @@ cdef class Message:
     cdef Ring _ring
     cdef uint32_t _g
     cdef readonly object data
+    cdef readonly object key
     cdef readonly object group
     cdef object _consumer
 

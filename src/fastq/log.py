@@ -14,19 +14,28 @@ backoff and dead letters, over the same shared-memory engine as fastq.Queue.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import os
 import pickle
 import random
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 from . import _core
 from ._core import Message
+from .queue import _live
 
-__all__ = ["open", "Log", "Group", "Consumer", "Message", "Backoff", "DeadLetter"]
+__all__ = ["open", "Log", "Group", "Consumer", "Message", "Backoff", "DeadLetter", "Retention", "Record"]
 
 DEFAULT_LOG_CAPACITY = 64 << 20
+DEFAULT_SEGMENT_SIZE = 64 << 20
 _START = {"earliest": 0, "latest": 1}
+_FSYNC = {"never": 0, "interval": 1, "always": 2}
+PathLike = Union[str, "os.PathLike[str]"]
+Start = Union[int, str, _dt.datetime]
 
 
 @dataclass(frozen=True)
@@ -83,10 +92,90 @@ class DeadLetter:
         return cls(*t[1:])
 
 
-def open(name: str, *, capacity: int = DEFAULT_LOG_CAPACITY, max_groups: int = 16, window: int = 4096,
-         create: bool = True, wait: float = 1.0) -> "Log":
-    """Attach to the shared-memory log ``name``, creating it if needed (and ``create``)."""
+@dataclass(frozen=True)
+class Retention:
+    """What a durable log keeps.  Whole segments are deleted, oldest first,
+    never the one being written: while the log is larger than ``max_bytes``,
+    while a segment's newest record is older than ``max_age`` (a
+    ``timedelta`` or seconds), and — with ``consumed=True`` — once every
+    group has finished every record in it.  ``None`` = no limit."""
+    max_bytes: Optional[int] = None
+    max_age: Union[_dt.timedelta, float, None] = None
+    consumed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is not None and (not isinstance(self.max_bytes, int) or self.max_bytes <= 0):
+            raise ValueError("Retention max_bytes must be a positive int or None")
+        if self.max_age is not None and self._age() <= 0:
+            raise ValueError("Retention max_age must be positive (a timedelta or seconds) or None")
+
+    def _age(self) -> float:
+        a = self.max_age
+        return 0.0 if a is None else a.total_seconds() if isinstance(a, _dt.timedelta) else float(a)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a log, as ``Log.read()`` returns it."""
+    offset: int
+    timestamp: float      # seconds since the epoch, when it was appended
+    key: Optional[bytes]
+    data: bytes
+
+
+def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_CAPACITY, max_groups: int = 16,
+         window: int = 4096, create: bool = True, wait: float = 1.0, segment_size: int = DEFAULT_SEGMENT_SIZE,
+         fsync: str = "interval", fsync_interval: float = 0.05, retention: Optional[Retention] = None,
+         recover: bool = False, on_corrupt: str = "refuse") -> "Log":
+    """Attach to the log ``name``, creating it if needed (and ``create``).
+
+    Shared memory (default): ``name`` is a queue name, ``capacity`` the ring's
+    bytes.  ``durable=True``: ``name`` is a directory holding a segment store
+    (see docs/store.md): ``segment_size`` (a power of two, 64 KiB .. 1 GiB; a
+    record is at most a quarter of it), ``fsync`` = "never" (a process crash
+    loses nothing; a power cut loses what the kernel had not written),
+    "interval" (a background flush every ``fsync_interval`` seconds) or
+    "always" (``append`` returns once the record is on disk; concurrent and
+    batched appends share one flush), ``retention`` (a :class:`Retention`),
+    ``recover=True`` forces a full recovery scan at open (it needs the log
+    closed everywhere), ``on_corrupt`` = "refuse" (default: a corrupt record
+    in the middle of the log fails the open with ``CorruptRecordError``) or
+    "skip" (drop it, counted in ``recovery_report["skipped"]``).
+    """
+    if durable:
+        return Log._open_durable(name, segment_size, max_groups, window, create, wait, fsync, fsync_interval,
+                                 retention, recover, on_corrupt)
+    for what, v in (("segment_size", segment_size != DEFAULT_SEGMENT_SIZE), ("retention", retention is not None),
+                    ("recover", recover), ("on_corrupt", on_corrupt != "refuse")):
+        if v:
+            raise ValueError(f"{what} applies to durable logs: pass durable=True")
     return Log._open_or_create(name, capacity, max_groups, window, create, wait)
+
+
+def _open_pickled(name: str, durable: bool) -> "Log":
+    return open(name, durable=durable)
+
+
+def _flusher(ref: "weakref.ref[Log]", interval: float, stop: threading.Event) -> None:
+    """Background upkeep of a durable log handle: group-commit flushes (fsync
+    "interval") and retention, until the handle closes or is collected."""
+    next_retain = 0.0
+    while not stop.wait(interval):
+        log = ref()
+        if log is None:
+            return
+        try:
+            if log._fsync == "interval":
+                log._ring._flush(None)
+            if log._retention is not None and time.monotonic() >= next_retain:
+                log.retain()
+                next_retain = time.monotonic() + 1.0
+        except ValueError:
+            return  # closed meanwhile
+        except Exception as e:  # keep flushing; the error is visible in stats
+            log._flush_error = e
+        finally:
+            del log
 
 
 class Log:
@@ -116,25 +205,166 @@ class Log:
                 ring._open(name, wait)
         else:
             ring._open(name, wait)
+        return cls._new(ring, name, False)
+
+    @classmethod
+    def _new(cls, ring: "_core.Ring", name: str, durable: bool) -> "Log":
         log = object.__new__(cls)
         log._ring = ring
         log.name = name
+        log.durable = durable
+        log.recovery_report = None
         log._groups: Dict[str, Group] = {}
+        log._fsync = "never"
+        log._fsync_interval = 0.0
+        log._retention = None
+        log._flush_error = None
+        log._stop: Optional[threading.Event] = None
+        log._flusher_pid = 0
+        _live.add(ring)
         return log
 
+    @classmethod
+    def _open_durable(cls, path, segment_size, max_groups, window, create, wait, fsync, fsync_interval,
+                      retention, recover, on_corrupt) -> "Log":
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"log path must be a str or os.PathLike, not {type(path).__name__}")
+        if fsync not in _FSYNC:
+            raise ValueError(f"fsync must be 'never', 'interval' or 'always', not {fsync!r}")
+        if on_corrupt not in ("refuse", "skip"):
+            raise ValueError(f"on_corrupt must be 'refuse' or 'skip', not {on_corrupt!r}")
+        if not (isinstance(fsync_interval, (int, float)) and 0.001 <= fsync_interval <= 3600):
+            raise ValueError("fsync_interval must be between 0.001 and 3600 seconds")
+        if retention is not None and not isinstance(retention, Retention):
+            raise TypeError("retention must be a fastq.Retention")
+        if not isinstance(segment_size, int) or segment_size < (64 << 10) or segment_size > (1 << 30) \
+                or segment_size & (segment_size - 1):
+            raise ValueError("segment_size must be a power of two from 64 KiB to 1 GiB")
+        ring = _core.Ring()
+        ring._kind = 1  # producer
+        report = None
+        if create and not recover and not os.path.exists(os.path.join(path, "control")):
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            try:
+                ring._create_dir(path, segment_size, int(max_groups), int(window), _FSYNC[fsync])
+            except FileExistsError:
+                ring = _core.Ring()
+                ring._kind = 1
+                report = ring._open_dir(path, wait, recover, on_corrupt == "skip")
+        else:
+            report = ring._open_dir(path, wait, recover, on_corrupt == "skip")
+        ring._set_fsync(_FSYNC[fsync])
+        log = cls._new(ring, path, True)
+        log.recovery_report = report
+        log._fsync = fsync
+        log._fsync_interval = float(fsync_interval)
+        log._retention = retention
+        log._segment_size = ring.capacity
+        if fsync == "interval" or retention is not None:
+            log._start_flusher()
+        return log
+
+    def _start_flusher(self) -> None:
+        if self._flusher_pid == os.getpid():
+            return
+        self._flusher_pid = os.getpid()
+        self._stop = threading.Event()
+        interval = self._fsync_interval if self._fsync == "interval" else 1.0
+        t = threading.Thread(target=_flusher, args=(weakref.ref(self), interval, self._stop),
+                             name=f"fastq-flush-{os.path.basename(self.name)}", daemon=True)
+        t.start()
+
     # -- producing
-    def append(self, data: Union[bytes, bytearray, memoryview], *, timeout: Optional[float] = None) -> int:
-        """Append one record; returns its offset.  Blocks while the slowest
-        group holds the space (``timeout`` -> ``queue.Full``)."""
-        return self._ring._append(data, True, timeout)
+    def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
+               timeout: Optional[float] = None) -> int:
+        """Append one record (with an optional ``key``, bytes); returns its
+        offset.  A shared-memory log blocks while the slowest group holds the
+        space (``timeout`` -> ``queue.Full``); a durable log never waits for
+        groups."""
+        if self._stop is not None and self._flusher_pid != os.getpid():
+            self._start_flusher()  # a forked child has no flusher thread yet
+        return self._ring._append(data, True, timeout, key)
 
     def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
-                    timeout: Optional[float] = None) -> List[int]:
-        """Append records with as few claims as possible; returns their offsets."""
-        return self._ring._append_many(items, True, timeout)
+                    keys: Optional[Iterable[bytes]] = None, timeout: Optional[float] = None) -> List[int]:
+        """Append records with as few claims as possible (``keys``: one per
+        item); returns their offsets.  With ``fsync="always"`` the whole batch
+        shares one flush."""
+        if self._stop is not None and self._flusher_pid != os.getpid():
+            self._start_flusher()
+        return self._ring._append_many(items, True, timeout, None if keys is None else list(keys))
+
+    # -- durability, retention, replay (durable logs)
+    def _need_durable(self, what: str) -> None:
+        if not self.durable:
+            raise ValueError(f"{what}() needs a durable log (fastq.open(path, durable=True))")
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Make every record appended so far durable (fdatasync); False if
+        ``timeout`` passed first.  A no-op for shared-memory logs."""
+        if not self.durable:
+            return True
+        return self._ring._flush(timeout)
+
+    def checkpoint(self) -> None:
+        """Flush and write a checkpoint (recovery after a power cut starts there)."""
+        self._need_durable("checkpoint")
+        self._ring._checkpoint()
+
+    def retain(self, retention: Optional[Retention] = None) -> int:
+        """Apply ``retention`` (default: the log's own) now; returns the number
+        of segments deleted.  Groups whose position was deleted jump forward
+        and count the records they skipped (``stats()[...]["skipped"]``)."""
+        self._need_durable("retain")
+        r = retention or self._retention
+        if r is None:
+            return 0
+        return self._ring._retain(r.max_bytes or 0, r._age(), bool(r.consumed))
+
+    def _offset_of(self, where: Start, what: str) -> int:
+        if isinstance(where, bool):
+            raise TypeError(f"{what} must be an offset, a datetime, 'earliest' or 'latest'")
+        if isinstance(where, int):
+            if where < 0:
+                raise ValueError(f"{what} offset must be >= 0")
+            return where
+        if where == "earliest":
+            return self._ring._first_seq()
+        if where == "latest":
+            return self._ring._frontier()
+        if isinstance(where, _dt.datetime):
+            return self._ring._seek(None, where.timestamp())[0]
+        raise TypeError(f"{what} must be an offset, a datetime, 'earliest' or 'latest', not {where!r}")
+
+    def read(self, start: Start = "earliest", end: Optional[Start] = None, *, batch: int = 1024) -> Iterator[Record]:
+        """Replay records without a group, in offset order: from ``start`` (an
+        offset, a ``datetime``, "earliest" or "latest") up to ``end``
+        (exclusive; default: the head when each batch is read).  Lookups use
+        the segment indexes (binary search).  Records deleted by retention are
+        skipped; a record that fails its checksum raises ``CorruptRecordError``."""
+        self._need_durable("read")
+        if isinstance(start, _dt.datetime):
+            seq, pos = self._ring._seek(None, start.timestamp())
+        else:
+            seq, pos = self._ring._seek(self._offset_of(start, "start"), None)
+        stop = (1 << 64) - 1 if end is None else self._offset_of(end, "end")
+        while seq < stop:
+            recs, seq, pos = self._ring._read_batch(seq, pos, stop, batch)
+            if not recs:
+                return
+            for off, ts, key, data in recs:
+                yield Record(off, ts / 1e9, key, data)
+
+    def verify(self) -> int:
+        """Check the CRC of every retained record; returns how many records
+        there are, or raises ``CorruptRecordError`` at the first bad one."""
+        self._need_durable("verify")
+        return self._ring._verify()
 
     # -- groups
-    def group(self, name: str, *, start: Union[str, int] = "earliest", visibility_timeout: Optional[float] = 30.0,
+    def group(self, name: str, *, start: Start = "earliest", visibility_timeout: Optional[float] = 30.0,
               max_deliveries: Optional[int] = 16, retry: Optional[Backoff] = None,
               dead_letter: Union[str, None, bool] = True, window: int = 1024) -> "Group":
         """Create the group ``name`` or attach to it.
@@ -147,7 +377,10 @@ class Log:
         """
         if not isinstance(name, str):
             raise TypeError(f"group name must be a str, not {type(name).__name__}")
-        if isinstance(start, str):
+        if isinstance(start, _dt.datetime):
+            self._need_durable("group(start=datetime)")
+            kind, seq = 2, self._ring._seek(None, start.timestamp())[0]
+        elif isinstance(start, str):
             if start not in _START:
                 raise ValueError(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
             kind, seq = _START[start], 0
@@ -162,7 +395,8 @@ class Log:
         if not 0 <= maxd <= 254:
             raise ValueError("max_deliveries must be None or 1..254")
         if dead_letter is True:
-            dlq = self.name + ".dlq"
+            # shared memory: the log "<name>.dlq"; durable: the durable log "dlq" inside this log's directory
+            dlq = "dlq" if self.durable else self.name + ".dlq"
         elif dead_letter in (None, False):
             dlq = ""
         elif isinstance(dead_letter, str):
@@ -197,12 +431,20 @@ class Log:
         delivered/redelivered/expired/nacked/dead-lettered counts, consumers
         alive.  Lock-free reads of shared counters."""
         base = self._ring._group_stats(0)
-        out: Dict[str, Any] = {
-            "name": self.name, "head": base["tail_seq"], "oldest": base["floor_seq"],
-            "bytes_used": base["tail_pos"] - base["floor_pos"], "capacity": self._ring.capacity,
-            "members_alive": base["members_alive"], "groups": {},
-        }
-        out["bytes_free"] = out["capacity"] - out["bytes_used"]
+        if self.durable:
+            seg = self._ring.capacity
+            out: Dict[str, Any] = {
+                "name": self.name, "durable": True, "head": base["tail_seq"], "oldest": base["first_seq"],
+                "durable_offset": base["durable_seq"], "segment_size": seg,
+                "members_alive": base["members_alive"], "groups": {},
+            }
+        else:
+            out = {
+                "name": self.name, "durable": False, "head": base["tail_seq"], "oldest": base["floor_seq"],
+                "bytes_used": base["tail_pos"] - base["floor_pos"], "capacity": self._ring.capacity,
+                "members_alive": base["members_alive"], "groups": {},
+            }
+            out["bytes_free"] = out["capacity"] - out["bytes_used"]
         now = time.time()
         for g in self._ring._groups():
             info = self._ring._group_info(g)
@@ -212,16 +454,29 @@ class Log:
                 "oldest_age": (now - st["oldest_ts_ns"] / 1e9) if st["oldest_ts_ns"] else 0.0,
                 "pending": st["pending"], "unfinished": self._ring._g_qsize(g),
                 "delivered": st["delivered"], "redelivered": st["redelivered"], "expired": st["expired"],
-                "nacked": st["nacked"], "dead_lettered": st["dead"], "acked": st["acked"] - st["dead"],
+                "nacked": st["nacked"], "dead_lettered": st["dead"],
+                "acked": st["acked"] - st["dead"] - st["skipped"], "skipped": st["skipped"],
                 "consumers": st["consumers"], "settings": info,
             }
         return out
 
     def unlink(self) -> None:
-        """Remove the log's name (processes that have it open keep using it)."""
-        _core.unlink(self.name)
+        """Remove the log's name (processes that have it open keep using it).
+        For a durable log: delete its directory's files (and the directory)."""
+        if not self.durable:
+            _core.unlink(self.name)
+            return
+        _remove_store(self.name)
 
     def close(self) -> None:
+        """Close this handle; a durable log flushes what this handle appended first."""
+        if self._stop is not None:
+            self._stop.set()
+        if self.durable and not self._ring.closed and self._fsync != "never":
+            try:
+                self._ring._flush(None)
+            except (ValueError, OSError):
+                pass
         self._ring.close()
 
     def __enter__(self) -> "Log":
@@ -231,10 +486,40 @@ class Log:
         self.close()
 
     def __reduce__(self):
-        return (open, (self.name,), None)
+        return (_open_pickled, (self.name, self.durable), None)
 
     def __repr__(self) -> str:
-        return f"<fastq.Log {self.name!r}>"
+        return f"<fastq.Log {self.name!r}{' durable' if self.durable else ''}>"
+
+    def _attach(self, kind: int) -> "_core.Ring":
+        """Another handle (member) on this log, e.g. for a consumer."""
+        ring = _core.Ring()
+        ring._kind = kind
+        if self.durable:
+            ring._open_dir(self.name, 1.0, False, False)
+            ring._set_fsync(_FSYNC[self._fsync])
+        else:
+            ring._open(self.name)
+        _live.add(ring)
+        return ring
+
+
+def _remove_store(path: str) -> None:
+    """Delete a durable log's own files (control, segments, indexes, and its
+    dead-letter log) and the directory if that leaves it empty."""
+    names = os.listdir(path)
+    if "control" not in names:
+        raise FileNotFoundError(f"no durable log at {path!r}")
+    for n in names:
+        full = os.path.join(path, n)
+        if n == "dlq" and os.path.isdir(full):
+            _remove_store(full)
+        elif n == "control" or n.startswith("tmp.") or (len(n) == 24 and n[20:] in (".seg", ".idx")):
+            os.unlink(full)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 class Group:
@@ -273,9 +558,7 @@ class Consumer:
     lease messages, which you ``ack()``, ``nack()`` or ``extend()``."""
 
     def __init__(self, group: Group) -> None:
-        ring = _core.Ring()
-        ring._kind = 2  # consumer
-        ring._open(group.log.name)
+        ring = group.log._attach(2)  # consumer
         try:
             self._g = ring._group_find(group.name)
             ring._member_group(self._g)
@@ -345,7 +628,13 @@ class Consumer:
         two leaves a duplicate in the DLQ, never a loss)."""
         if self._dlq_name:
             if self._dlq is None:
-                self._dlq = open(self._dlq_name)
+                log = self.group.log
+                if log.durable:
+                    path = os.path.join(log.name, self._dlq_name)
+                    self._dlq = open(path, durable=True, segment_size=min(log._segment_size, 1 << 26),
+                                     fsync=log._fsync)
+                else:
+                    self._dlq = open(self._dlq_name)
             self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
                                         m.timestamp, m.data).encode())
             _core.crashpoint("dlq.after_copy")

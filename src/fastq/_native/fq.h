@@ -178,6 +178,8 @@ typedef struct fq_stats {
     uint64_t pending, lag_bytes, oldest_ts_ns;  /* leased now; bytes from low to tail; timestamp at low */
     int64_t retry_pending;
     uint64_t aborted, recovered, tasks_done;
+    uint64_t skipped;       /* group: records retention deleted before it finished them */
+    uint64_t first_seq, durable_seq;   /* store: oldest retained record; everything below durable_seq is on disk */
     uint32_t data_waiters, space_waiters, members_alive, recovery_owner, consumers;
 } fq_stats;
 void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st);

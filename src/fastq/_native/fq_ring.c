@@ -871,6 +871,7 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
         st->expired = atomic_load_explicit(&G->g_expired, FQ_RELAXED);
         st->nacked = atomic_load_explicit(&G->g_nacked, FQ_RELAXED);
         st->retry_pending = atomic_load_explicit(&G->g_retry_pending, FQ_RELAXED);
+        st->skipped = atomic_load_explicit(&G->g_skipped, FQ_RELAXED);
         uint64_t W = fq__gw(q, g);
         for (uint64_t s = st->low; (int64_t)(st->tail_seq - s) > 0 && s - st->low < W; s++) {
             uint64_t w = atomic_load_explicit(&fq__lease(q, g, s)->l_w, FQ_RELAXED);
@@ -894,6 +895,8 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
         }
     }
     st->aborted = fq__aborted(q);
+    st->first_seq = fq_first_seq(q);
+    st->durable_seq = q->durable ? fq_durable_seq(q) : st->tail_seq;
     st->recovered = atomic_load_explicit(&q->ctrl->c_recovered, FQ_RELAXED);
     st->tasks_done = atomic_load_explicit(&q->ctrl->c_tasks_done, FQ_RELAXED);
     st->data_waiters = (uint32_t)atomic_load_explicit(&q->ctrl->c_data_ec, FQ_RELAXED);
