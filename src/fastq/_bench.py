@@ -1082,11 +1082,14 @@ def _parse(argv):
                    help="seconds of timed traffic per cell (overrides --quick)")
     p.add_argument("--scenarios", default="",
                    help="comma-separated subset: " + ", ".join(s.name for s in SCENARIOS)
-                   + ", numpy, groups (aliases: single, batched, 64k, pingpong, 2x2, threads)"
-                   "; groups = consumer groups, fastq.Log against Redis Streams")
+                   + ", numpy, groups, durable, replay (aliases: single, batched, 64k, pingpong, 2x2, "
+                   "threads); groups = consumer groups, fastq.Log against Redis Streams; "
+                   "durable = persistent queues (fastq._bench_durable); replay = Log.read from the "
+                   "middle of a 4 GiB durable log (FASTQ_REPLAY_BYTES to change the size)")
     p.add_argument("--impls", default="",
                    help="comma-separated subset of: " + ", ".join(ADAPTERS)
-                   + ", redis (redis: the groups scenario only)")
+                   + ", redis (redis: the groups scenario only); with durable, also its "
+                   "names or their prefixes (sqlite3, persistqueue, redis)")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is reported")
     p.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY,
                    help="bytes of buffering for bounded queues (default 16 MiB)")
@@ -1347,13 +1350,19 @@ def _group_worker(impl: str, role: str, index: int, target: Any, gc: GroupCell, 
 
 
 class RedisServer:
-    """A throw-away redis-server on 127.0.0.1 (free port, temp dir, no persistence)."""
+    """A throw-away redis-server on 127.0.0.1 (free port, temp dir).
 
-    def __init__(self):
+    No persistence by default.  ``appendfsync="everysec"`` (or "always" / "no")
+    turns the append-only file on with that fsync policy (RDB snapshots stay
+    off); ``parent`` is where the temp dir, and so the AOF, is created."""
+
+    def __init__(self, appendfsync: Optional[str] = None, parent: Optional[str] = None):
         self.proc = None
         self.dir = None
         self.port = None
         self.version = "?"
+        self.appendfsync = appendfsync
+        self.parent = parent
 
     @staticmethod
     def unavailable() -> Optional[str]:
@@ -1374,11 +1383,13 @@ class RedisServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="fastq-bench-redis-")
+        self.dir = tempfile.mkdtemp(prefix="fastq-bench-redis-", dir=self.parent)
         self._log = open(os.path.join(self.dir, "redis.log"), "wb")
+        aof = (["--appendonly", "no"] if self.appendfsync is None
+               else ["--appendonly", "yes", "--appendfsync", self.appendfsync])
         self.proc = subprocess.Popen(
             [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
+             "--save", "", *aof, "--dir", self.dir, "--daemonize", "no"],
             cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         end = time.monotonic() + timeout
         while True:
@@ -1411,7 +1422,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: redis-server shuts down (nothing to save)
+            self.proc.terminate()  # SIGTERM: clean shutdown (no RDB; an AOF is flushed)
             try:
                 self.proc.wait(5.0)
             except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
@@ -1660,6 +1671,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{'groups':12}  consumer groups, fastq.Log against Redis Streams:")
         for gc in GROUP_CELLS:
             print(f"{'':14}{gc.name}: {gc.doc}")
+        from ._bench_durable import IMPLS as durable_registry
+        print(f"{'durable':12}  persistent queues in one process (run only when named):")
+        for n_, di in durable_registry.items():
+            print(f"{'':14}{n_} [fsync {di.fsync}]: {di.available() or 'available'}")
         print()
         for name, cls in ADAPTERS.items():
             why = cls().available()
@@ -1674,11 +1689,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --duration, --repeat and --capacity must be positive", file=sys.stderr)
         return 2
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    specials = {"numpy": "numpy", "groups": "groups", "group": "groups",
-                "consumergroups": "groups"}
+    specials = {"numpy": "numpy", "groups": "groups", "group": "groups", "durable": "durable",
+                "consumergroups": "groups", "replay": "replay"}
     picked = {specials[_norm(n)] for n in names if _norm(n) in specials}
     want_numpy = not names or "numpy" in picked
     want_groups = (not names and GROUPS_IN_DEFAULT_RUN) or "groups" in picked
+    durable_select = None
+    if not names or "durable" in picked:  # the durable section: persistent queues
+        from ._bench_durable import select as durable_select
+    want_replay = not names or "replay" in picked
     names = [n for n in names if _norm(n) not in specials]
     try:
         scenarios = ([scenario_by_name(s) for s in names]
@@ -1688,7 +1707,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
     for w_ in wanted:
-        if w_ not in ADAPTERS and w_ != "redis":
+        is_durable = durable_select is not None and bool(durable_select([w_]))
+        if w_ not in ADAPTERS and w_ != "redis" and not is_durable:
             print(f"error: unknown implementation {w_!r}; known: {', '.join(ADAPTERS)}, redis",
                   file=sys.stderr)
             return 2
@@ -1715,7 +1735,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 plan.append((sc, name))
     group_impls = [i for i in GROUP_IMPLS if (not wanted or i in wanted)
                    and (i != "fastq" or "fastq" in usable)] if want_groups else []
-    total = (len(plan) + len(GROUP_CELLS) * len(group_impls)) * args.repeat
+    durable_impls = durable_select(wanted) if durable_select else []
+    total = (len(plan) + len(GROUP_CELLS) * len(group_impls) + len(durable_impls)) * args.repeat
     prog = _Progress(total, sys.stderr, enabled=not args.no_progress)
     rows = []
     done = 0
@@ -1744,13 +1765,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if s["status"] != "ok":
             failures.append(f"{sc.name} / {name}: {s.get('error')}")
         rows.append({"scenario": sc.name, "impl": name, "summary": s, "runs": runs})
+    def section_progress(label):
+        nonlocal done
+        prog.show(done, label)
+        done += 1
     groups = None
     if group_impls:
-        def group_progress(label):
-            nonlocal done
-            prog.show(done, label)
-            done += 1
-        groups = run_groups(group_impls, duration, args.repeat, group_progress,
+        groups = run_groups(group_impls, duration, args.repeat, section_progress,
                             args.wait_quiet, args.rerun_noisy)
         for n_ in groups["notes"]:
             print(n_, file=sys.stderr)
@@ -1758,6 +1779,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             if row["summary"]["status"] != "ok":
                 failures.append(f"groups {row['scenario']} / {row['impl']}: "
                                 f"{row['summary'].get('error')}")
+    durable = None
+    if durable_impls:
+        from ._bench_durable import run_durable
+        durable = run_durable(durable_impls, duration, args.repeat, progress=section_progress,
+                              wait_quiet=args.wait_quiet, rerun_noisy=args.rerun_noisy)
+        failures += [f"durable / {r['impl']}: {r['summary'].get('error')}" for r in durable
+                     if r["summary"]["status"] not in ("ok", "skipped")]
+    replay = None
+    if want_replay and (not wanted or "fastq" in wanted):
+        from ._bench_durable import replay_cell
+        prog.show(done, "replay: 4 GiB durable log")
+        try:
+            replay = replay_cell(int(os.environ.get("FASTQ_REPLAY_BYTES", 4 << 30)))
+        except Exception as e:  # noqa: BLE001 - reported with the other failures
+            failures.append(f"replay: {e!r}")
     prog.show(done, "done")
     prog.end()
     env = environment()
@@ -1791,6 +1827,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(format_group_table(groups["results"]))
         for n_ in groups["notes"]:
             print("note: " + n_)
+    if durable is not None:
+        from ._bench_durable import format_durable_table
+        print("\n" + format_durable_table(durable))
+    if replay is not None:
+        from ._bench_durable import format_replay
+        print("\n" + format_replay(replay))
     if failures:
         print("\nFAILED cells:")
         for f in failures:
@@ -1803,7 +1845,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "scenarios": [sc._asdict() for sc in scenarios],
                           "groups": bool(group_impls),
                           "skipped": notes},
-               "results": rows, "numpy": np_result, "groups": groups}
+               "results": rows, "numpy": np_result, "groups": groups, "durable": durable,
+               "replay": replay}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
         print(f"\nraw results written to {args.json}")

@@ -152,6 +152,17 @@ def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_C
     return Log._open_or_create(name, capacity, max_groups, window, create, wait)
 
 
+_forks = [0]  # +1 in every forked child: a Log notices it has no flusher thread there
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
 def _open_pickled(name: str, durable: bool) -> "Log":
     return open(name, durable=durable)
 
@@ -220,7 +231,7 @@ class Log:
         log._retention = None
         log._flush_error = None
         log._stop: Optional[threading.Event] = None
-        log._flusher_pid = 0
+        log._flusher_gen = -1
         _live.add(ring)
         return log
 
@@ -267,9 +278,9 @@ class Log:
         return log
 
     def _start_flusher(self) -> None:
-        if self._flusher_pid == os.getpid():
+        if self._flusher_gen == _forks[0]:
             return
-        self._flusher_pid = os.getpid()
+        self._flusher_gen = _forks[0]
         self._stop = threading.Event()
         interval = self._fsync_interval if self._fsync == "interval" else 1.0
         t = threading.Thread(target=_flusher, args=(weakref.ref(self), interval, self._stop),
@@ -283,7 +294,7 @@ class Log:
         offset.  A shared-memory log blocks while the slowest group holds the
         space (``timeout`` -> ``queue.Full``); a durable log never waits for
         groups."""
-        if self._stop is not None and self._flusher_pid != os.getpid():
+        if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()  # a forked child has no flusher thread yet
         return self._ring._append(data, True, timeout, key)
 
@@ -292,7 +303,7 @@ class Log:
         """Append records with as few claims as possible (``keys``: one per
         item); returns their offsets.  With ``fsync="always"`` the whole batch
         shares one flush."""
-        if self._stop is not None and self._flusher_pid != os.getpid():
+        if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()
         return self._ring._append_many(items, True, timeout, None if keys is None else list(keys))
 

@@ -389,6 +389,22 @@ static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE), pos = 0;
     int have = 0;
+    if (q->rf_pos && q->rf_seq == seq) {
+        /* fq_take just found it in the segment and checked it (CRC included):
+         * a committed frame below the frontier never changes. */
+        const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)fq__at(q, q->rf_pos);
+        q->rf_pos = 0;
+        if (!h)
+            return 0;
+        m->seq = seq;
+        m->data = (const uint8_t *)(h + 1);
+        m->len = h->f_len - FQ_FRAME_HDR;
+        m->deliveries = deliveries;
+        m->flags = 0;
+        m->ts_ns = h->f_ts_ns;
+        m->key_len = h->f_type >> 16;
+        return 1;
+    }
     if (fq__cw_published(cw, seq) && fq__cw_st(cw) == FQ_D_COMMITTED) {
         /* seqlock read: acquire loads keep the re-check of d_cw after them */
         pos = atomic_load_explicit(&d->d_ext_start, FQ_ACQUIRE) + atomic_load_explicit(&d->d_frame_off, FQ_ACQUIRE);

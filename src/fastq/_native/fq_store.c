@@ -549,7 +549,11 @@ int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
             *pos = cp;
             q->rd_seq = cs + n;
             q->rd_pos = next;
-            return (h.f_flags & FQ_FR_KIND) == FQ_FR_DATA ? 1 : 2;
+            if ((h.f_flags & FQ_FR_KIND) != FQ_FR_DATA)
+                return 2;
+            q->rf_seq = seq; /* fq__fill_store takes it from here, already checked */
+            q->rf_pos = cp;
+            return 1;
         }
         cs += n;
         cp = next;
