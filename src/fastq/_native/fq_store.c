@@ -522,42 +522,49 @@ int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
     uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
     if ((int64_t)(seq - fs) >= 0)
         return 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if ((int64_t)(seq - atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE)) < 0)
+            return -1;
+        uint64_t cs, cp;
+        int use_cache = attempt == 0 && q->rd_pos && (int64_t)(seq - q->rd_seq) >= 0 && seq - q->rd_seq < 256;
+        if (use_cache) {
+            cs = q->rd_seq;
+            cp = q->rd_pos;
+        } else if (!fq__anchor(q, seq, fp, &cs, &cp)) {
+            break;
+        }
+        for (;;) {
+            struct fq_frame_hdr h;
+            const uint8_t *fr;
+            if (fq__walk(q, &cp, fp, &h, &fr) <= 0)
+                break;
+            uint64_t n = fq__frame_count(&h);
+            if (h.f_seq != cs || n > q->n_desc * 2)
+                break;
+            uint64_t next = cp + fq__align8(h.f_len);
+            if (seq - cs < n) {
+                *pos = cp;
+                q->rd_seq = cs + n;
+                q->rd_pos = next;
+                if ((h.f_flags & FQ_FR_KIND) != FQ_FR_DATA)
+                    return 2;
+                q->rf_seq = seq; /* fq__fill_store takes it from here, already checked */
+                q->rf_pos = cp;
+                return 1;
+            }
+            cs += n;
+            cp = next;
+        }
+        q->rd_pos = 0;
+        if (!use_cache)
+            break; /* the anchor walk failed: no retry would do better */
+        /* the cached cursor may point into a segment retention removed: retry from an anchor */
+    }
+    /* A missing or invalid segment above the retention start, or a frame that
+     * fails its checks below the frontier: corrupt (never "deleted"). */
     if ((int64_t)(seq - atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE)) < 0)
         return -1;
-    uint64_t cs, cp;
-    if ((int64_t)(seq - q->rd_seq) >= 0 && seq - q->rd_seq < 256 && q->rd_pos) {
-        cs = q->rd_seq;
-        cp = q->rd_pos;
-    } else if (!fq__anchor(q, seq, fp, &cs, &cp)) {
-        return -1;
-    }
-    for (;;) {
-        struct fq_frame_hdr h;
-        const uint8_t *fr;
-        int r = fq__walk(q, &cp, fp, &h, &fr);
-        if (r <= 0) {
-            q->rd_pos = 0;
-            return r == 0 ? -2 : r; /* below the frontier every record has a frame */
-        }
-        uint64_t n = fq__frame_count(&h);
-        if (h.f_seq != cs || n > q->n_desc * 2) {
-            q->rd_pos = 0;
-            return -2;
-        }
-        uint64_t next = cp + fq__align8(h.f_len);
-        if (seq - cs < n) {
-            *pos = cp;
-            q->rd_seq = cs + n;
-            q->rd_pos = next;
-            if ((h.f_flags & FQ_FR_KIND) != FQ_FR_DATA)
-                return 2;
-            q->rf_seq = seq; /* fq__fill_store takes it from here, already checked */
-            q->rf_pos = cp;
-            return 1;
-        }
-        cs += n;
-        cp = next;
-    }
+    return -2;
 }
 
 /* ---- replay without a group --------------------------------------------- */
