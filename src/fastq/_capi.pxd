@@ -36,6 +36,7 @@ cdef extern from "fq.h" nogil:
 
     enum: FQ_P_NO_QUEUE_GROUP
     enum: FQ_MSG_DEADLETTER
+    enum: FQ_MSG_KEY
     enum: FQ_START_EARLIEST
     enum: FQ_START_LATEST
     enum: FQ_START_SEQ

@@ -335,7 +335,10 @@ cdef class Ring:
     def _retain(self, uint64_t max_bytes, double max_age, bint consumed):
         """Delete old segments; returns how many were deleted."""
         self._ensure()
-        rc = N.fq_retain(&self.q, max_bytes, <int64_t>(max_age * 1e9), consumed)
+        if not max_age >= 0:
+            raise ValueError("max_age must be >= 0 seconds")
+        cdef int64_t age_ns = <int64_t>(max_age * 1e9) if max_age < 9e9 else 0  # beyond ~285 years: no limit
+        rc = N.fq_retain(&self.q, max_bytes, age_ns, consumed)
         if rc < 0:
             _raise(rc, "retention")
         return rc
@@ -357,9 +360,12 @@ cdef class Ring:
         cdef N.fq_cursor c
         self._check_mapped()
         if ts is not None:
+            ts = min(max(float(ts), -9.2e9), 9.2e9)
             rc = N.fq_seek_time(&self.q, <int64_t>(ts * 1e9), &c)
         else:
             rc = N.fq_seek_seq(&self.q, seq, &c)
+        if rc == N.FQ_ERR_DATA:
+            raise CorruptRecordError(_detail(rc))
         if rc != N.FQ_OK:
             _raise(rc, "seek")
         return c.seq, c.pos
@@ -378,6 +384,8 @@ cdef class Ring:
             rc = N.fq_read_next(&self.q, &c, &m)
             if rc == N.FQ_EMPTY:
                 break
+            if rc != N.FQ_OK and out:
+                break  # hand over the good records first; the next call reports the error
             if rc == N.FQ_ERR_DATA:
                 raise CorruptRecordError(_detail(rc), c.seq)
             if rc != N.FQ_OK:
@@ -386,7 +394,7 @@ cdef class Ring:
                 break
             k = m.key_len
             out.append((m.seq, m.ts_ns,
-                        PyBytes_FromStringAndSize(<const char *>m.data, k) if k else None,
+                        PyBytes_FromStringAndSize(<const char *>m.data, k) if m.flags & N.FQ_MSG_KEY else None,
                         PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
         return out, c.seq, c.pos
 
@@ -950,7 +958,7 @@ cdef class Ring:
             m._m = self._msgs[i]
             m._m.data = NULL
             kl = self._msgs[i].key_len
-            if kl:
+            if self._msgs[i].flags & N.FQ_MSG_KEY:
                 m.key = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, kl)
             m.data = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data + kl, self._msgs[i].len - kl)
             m._ring = self

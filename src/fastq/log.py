@@ -79,17 +79,20 @@ class DeadLetter:
     reason: Optional[str]
     timestamp: float
     data: bytes
+    key: Optional[bytes] = None
 
     def encode(self) -> bytes:
-        return pickle.dumps(("fastq.dlq/1", self.log, self.group, self.offset, self.deliveries, self.reason,
-                             self.timestamp, self.data), protocol=4)
+        return pickle.dumps(("fastq.dlq/2", self.log, self.group, self.offset, self.deliveries, self.reason,
+                             self.timestamp, self.data, self.key), protocol=4)
 
     @classmethod
     def decode(cls, raw: bytes) -> "DeadLetter":
         t = pickle.loads(raw)
-        if not (isinstance(t, tuple) and len(t) == 8 and t[0] == "fastq.dlq/1"):
-            raise ValueError("not a fastq dead-letter record")
-        return cls(*t[1:])
+        if isinstance(t, tuple) and len(t) == 9 and t[0] == "fastq.dlq/2":
+            return cls(*t[1:])
+        if isinstance(t, tuple) and len(t) == 8 and t[0] == "fastq.dlq/1":
+            return cls(*t[1:])
+        raise ValueError("not a fastq dead-letter record")
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,17 @@ class Retention:
     consumed: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_bytes is not None and (not isinstance(self.max_bytes, int) or self.max_bytes <= 0):
-            raise ValueError("Retention max_bytes must be a positive int or None")
-        if self.max_age is not None and self._age() <= 0:
-            raise ValueError("Retention max_age must be positive (a timedelta or seconds) or None")
+        mb = self.max_bytes
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb <= 0):
+            raise ValueError(f"Retention max_bytes must be a positive int or None, not {mb!r}")
+        a = self.max_age
+        if a is not None:
+            if isinstance(a, bool) or not isinstance(a, (int, float, _dt.timedelta)):
+                raise ValueError(f"Retention max_age must be a timedelta or seconds, not {a!r}")
+            if not (0 < self._age() < float("inf")):
+                raise ValueError(f"Retention max_age must be positive and finite, not {a!r}")
+        if not isinstance(self.consumed, bool):
+            raise ValueError("Retention consumed must be True or False")
 
     def _age(self) -> float:
         a = self.max_age
@@ -352,15 +362,22 @@ class Log:
     def read(self, start: Start = "earliest", end: Optional[Start] = None, *, batch: int = 1024) -> Iterator[Record]:
         """Replay records without a group, in offset order: from ``start`` (an
         offset, a ``datetime``, "earliest" or "latest") up to ``end``
-        (exclusive; default: the head when each batch is read).  Lookups use
-        the segment indexes (binary search).  Records deleted by retention are
-        skipped; a record that fails its checksum raises ``CorruptRecordError``."""
+        (exclusive; default: the head when each batch is read).  Arguments
+        and the start position are resolved now; records are read as the
+        iterator advances.  Lookups use the segment indexes (binary search).
+        Records deleted by retention are skipped; a record that fails its
+        checksum raises ``CorruptRecordError`` (after the good ones before it)."""
         self._need_durable("read")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, not {batch!r}")
         if isinstance(start, _dt.datetime):
             seq, pos = self._ring._seek(None, start.timestamp())
         else:
             seq, pos = self._ring._seek(self._offset_of(start, "start"), None)
         stop = (1 << 64) - 1 if end is None else self._offset_of(end, "end")
+        return self._replay(seq, pos, stop, min(batch, 1 << 16))
+
+    def _replay(self, seq: int, pos: int, stop: int, batch: int) -> Iterator[Record]:
         while seq < stop:
             recs, seq, pos = self._ring._read_batch(seq, pos, stop, batch)
             if not recs:
@@ -466,7 +483,7 @@ class Log:
                 "pending": st["pending"], "unfinished": self._ring._g_qsize(g),
                 "delivered": st["delivered"], "redelivered": st["redelivered"], "expired": st["expired"],
                 "nacked": st["nacked"], "dead_lettered": st["dead"],
-                "acked": st["acked"] - st["dead"] - st["skipped"], "skipped": st["skipped"],
+                "acked": max(st["acked"] - st["dead"] - st["skipped"], 0), "skipped": st["skipped"],
                 "consumers": st["consumers"], "settings": info,
             }
         return out
@@ -485,7 +502,7 @@ class Log:
             self._stop.set()
         if self.durable and not self._ring.closed and self._fsync != "never":
             try:
-                self._ring._flush(None)
+                self._ring._flush(5.0)  # bounded: a stopped (SIGSTOP) producer may hold the frontier
             except (ValueError, OSError):
                 pass
         self._ring.close()
@@ -647,7 +664,7 @@ class Consumer:
                 else:
                     self._dlq = open(self._dlq_name)
             self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
-                                        m.timestamp, m.data).encode())
+                                        m.timestamp, m.data, m.key).encode(), key=m.key)
             _core.crashpoint("dlq.after_copy")
         return m._dead()
 

@@ -134,6 +134,7 @@ typedef struct fq_msg {
     uint32_t key_len;       /* the first key_len bytes of data are the record's key */
 } fq_msg;
 #define FQ_MSG_DEADLETTER 0x1u
+#define FQ_MSG_KEY 0x2u         /* the record has a key (key_len may be 0) */
 
 /* lifecycle (fq_shm.c) */
 int fq_name_valid(const char *name);

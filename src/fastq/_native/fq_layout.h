@@ -426,9 +426,11 @@ FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
 #define FQ_FR_PAD 0x4u
 #define FQ_FR_KIND (FQ_FR_DATA | FQ_FR_GAP | FQ_FR_PAD)
 /* f_type: bits 16..31 = key length (the key is the first bytes of the
- * payload), bits 0..15 = record type (0 today).  A GAP frame keeps its record
+ * payload), bit 15 = the record has a key (possibly empty), bits 0..14 =
+ * record type (0 today).  A GAP frame keeps its record
  * count in f_ts_ns (it has no timestamp). */
 #define FQ_KEY_MAX 4096u
+#define FQ_TYPE_HAS_KEY 0x8000u
 static inline uint32_t fq_frame_key_len(const struct fq_frame_hdr *h) { return h->f_type >> 16; }
 
 /* ======================================================================== *

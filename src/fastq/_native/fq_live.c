@@ -480,6 +480,11 @@ int fq_maintain(fq_queue *q, int force)
         if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_RECOVERING || fq__probe_lock(q, i) != 0)
             continue;
         returned += fq__return_leases(q, i); /* R4 */
+        if (q->durable) { /* a flush lock the dead member held (S6) */
+            uint32_t own = i + 1;
+            if (atomic_compare_exchange_strong_explicit(&q->store->st_flush_owner, &own, 0, FQ_RELEASE, FQ_RELAXED))
+                fq__ec_wake_all(&q->ctrl->c_durable_ec);
+        }
         fq__uncount_waiters(q, m);           /* R5 */
         fq__retire_acks(q, i);               /* R5: counts survive the member */
         FQ_CRASHPOINT("rec.after_retire");

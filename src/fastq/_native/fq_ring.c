@@ -303,8 +303,6 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
     }
     FQ_CRASHPOINT("prod.after_cas");
     int64_t now = fq_realtime_ns();
-    if (q->durable)
-        fq__store_index(q, s, p, e, now); /* S2 */
     uint64_t pos = p;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = s + i;
@@ -325,8 +323,11 @@ int fq_claim(fq_queue *q, const uint32_t *lens, uint32_t n, uint64_t *first_seq)
         atomic_store_explicit(&d->d_producer, (uint16_t)q->member, FQ_RELAXED);
         atomic_store_explicit(&d->d_flags, 0, FQ_RELAXED);
         atomic_store_explicit(&d->d_cw, fq__cw(seq, FQ_D_WRITING), FQ_RELEASE); /* P2 */
-        if (q->durable && fo)
-            fq__store_pad(q, seq, pos, fo); /* S2: the segment's tail says "next segment" */
+        if (q->durable) {
+            fq__store_index(q, seq, pos, pos + fo + fb, now); /* S2: per record, so every 4 KiB has an anchor */
+            if (fo)
+                fq__store_pad(q, seq, pos, fo); /* S2: the segment's tail says "next segment" */
+        }
         struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos + fo);
         h->f_len = FQ_FRAME_HDR + lens[i];
         h->f_crc = 0;
@@ -400,7 +401,7 @@ static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg
         m->data = (const uint8_t *)(h + 1);
         m->len = h->f_len - FQ_FRAME_HDR;
         m->deliveries = deliveries;
-        m->flags = 0;
+        m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
         m->ts_ns = h->f_ts_ns;
         m->key_len = h->f_type >> 16;
         return 1;
@@ -425,7 +426,7 @@ static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg
     m->data = fr + FQ_FRAME_HDR;
     m->len = h->f_len - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = 0;
+    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
     return 1;
@@ -454,7 +455,7 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     m->data = q->arena + off + FQ_FRAME_HDR;
     m->len = fl - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = 0;
+    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
     if (m->key_len > m->len)

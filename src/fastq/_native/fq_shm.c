@@ -535,8 +535,9 @@ void fq_close(fq_queue *q)
 {
     if (!q->base)
         return;
-    if (q->durable && q->member >= 0 && q->pid == getpid())
-        fq_checkpoint(q); /* best effort: a clean close leaves a short recovery scan */
+    if (q->durable && q->member >= 0 && q->pid == getpid() &&
+        (q->members[q->member].m_kind & FQ_M_KIND_PRODUCER))
+        fq_checkpoint(q); /* best effort: a producer's clean close leaves a short recovery scan */
     fq_leave(q);
     if (q->durable)
         fq__store_close(q);

@@ -349,7 +349,7 @@ void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
     uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
     struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos);
     if (h)
-        h->f_type = (h->f_type & 0xFFFFu) | (key_len << 16);
+        h->f_type = (h->f_type & 0x7FFFu) | FQ_TYPE_HAS_KEY | (key_len << 16);
 }
 
 /* ---- the commit frontier (S4) ------------------------------------------- */
@@ -516,6 +516,9 @@ static int fq__anchor(fq_queue *q, uint64_t seq, uint64_t limit, uint64_t *aseq,
     return 1;
 }
 
+static int fq__resync(fq_queue *q, uint64_t at, uint64_t cs, uint64_t limit, int use_index, uint64_t *ns,
+                      uint64_t *np);
+
 int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
 {
     uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
@@ -536,10 +539,19 @@ int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
         for (;;) {
             struct fq_frame_hdr h;
             const uint8_t *fr;
-            if (fq__walk(q, &cp, fp, &h, &fr) <= 0)
-                break;
-            uint64_t n = fq__frame_count(&h);
-            if (h.f_seq != cs || n > q->n_desc * 2)
+            int w = fq__walk(q, &cp, fp, &h, &fr);
+            uint64_t n = w == 1 ? fq__frame_count(&h) : 0;
+            if (w == -2 || (w == 1 && (h.f_seq != cs || n > q->n_desc * 2))) {
+                /* a damaged frame on the way: resynchronise past it; only the
+                 * records it hides are lost (reported corrupt) */
+                uint64_t ns, np;
+                if (seq == cs || !fq__resync(q, cp, cs, fp, 1, &ns, &np) || (int64_t)(ns - seq) > 0)
+                    break;
+                cs = ns;
+                cp = np;
+                continue;
+            }
+            if (w <= 0)
                 break;
             uint64_t next = cp + fq__align8(h.f_len);
             if (seq - cs < n) {
@@ -592,15 +604,30 @@ int fq_seek_seq(fq_queue *q, uint64_t seq, fq_cursor *c)
         return FQ_OK;
     }
     uint64_t cs, cp;
-    if (!fq__anchor(q, seq, fp, &cs, &cp))
-        return FQ_ERR_CORRUPT;
+    if (!fq__anchor(q, seq, fp, &cs, &cp)) {
+        fq__set_err("no readable segment holds record %llu (segment files missing or failed validation)",
+                    (unsigned long long)seq);
+        return FQ_ERR_DATA;
+    }
     while ((int64_t)(seq - cs) > 0) {
         struct fq_frame_hdr h;
         const uint8_t *fr;
         uint64_t at = cp;
         int r = fq__walk(q, &at, fp, &h, &fr);
-        if (r <= 0 || h.f_seq != cs)
-            return r == -1 ? FQ_ERR_RANGE : FQ_ERR_CORRUPT;
+        if (r <= 0 || h.f_seq != cs) {
+            /* a damaged frame before the target: resynchronise past it */
+            uint64_t ns, np;
+            if (r != 0 && fq__resync(q, at, cs, fp, 1, &ns, &np) && (int64_t)(ns - seq) <= 0) {
+                cs = ns;
+                cp = np;
+                continue;
+            }
+            fq__set_err("record %llu at log position %llu (segment %020llu.seg) failed its checksum or header "
+                        "check; record %llu cannot be located past it",
+                        (unsigned long long)cs, (unsigned long long)at,
+                        (unsigned long long)((at >> q->seg_shift) << q->seg_shift), (unsigned long long)seq);
+            return FQ_ERR_DATA;
+        }
         uint64_t n = fq__frame_count(&h);
         if (seq - cs < n)
             break; /* inside a gap: start at the gap, read_next skips it */
@@ -696,8 +723,10 @@ int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c)
             c->pos = fp;
             return FQ_OK;
         }
-        if (r < 0)
-            return r == -1 ? FQ_ERR_RANGE : FQ_ERR_CORRUPT;
+        if (r < 0) {
+            fq__set_err("the frame at log position %llu failed its checksum or header check", (unsigned long long)at);
+            return FQ_ERR_DATA;
+        }
         if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA && h.f_ts_ns >= ts_ns) {
             c->seq = h.f_seq;
             c->pos = at;
@@ -729,8 +758,13 @@ int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
             refreshed = 1;
             continue;
         }
-        if (r == -1)
-            continue; /* deleted under us: the retention check above jumps */
+        if (r == -1 && (int64_t)(c->seq - atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE)) < 0)
+            continue; /* deleted under us by retention: the check above jumps */
+        if (r == -1) {
+            fq__set_err("segment %020llu.seg holding record %llu is missing or failed validation",
+                        (unsigned long long)((at >> q->seg_shift) << q->seg_shift), (unsigned long long)c->seq);
+            return FQ_ERR_DATA;
+        }
         if (r < 0 || h.f_seq != c->seq) {
             fq__set_err("record %llu at log position %llu failed validation (checksum or header)",
                         (unsigned long long)c->seq, (unsigned long long)at);
@@ -747,7 +781,7 @@ int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
         out->len = h.f_len - FQ_FRAME_HDR;
         out->deliveries = 0;
         out->ts_ns = h.f_ts_ns;
-        out->flags = 0;
+        out->flags = (h.f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
         out->key_len = h.f_type >> 16;
         return FQ_OK;
     }
@@ -757,20 +791,30 @@ int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
 
 uint64_t fq_durable_seq(fq_queue *q) { return atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE); }
 
-static int fq__msync_range(fq_queue *q, uint64_t from, uint64_t to)
+/* Write [from, to) of the log to disk: fdatasync of each segment file it
+ * touches, through a descriptor of its own.  It never touches the handle's
+ * segment map, so a flush may run without the GIL while other threads use
+ * the same handle (fq_flush, fq_checkpoint). */
+static int fq__sync_range(fq_queue *q, uint64_t from, uint64_t to)
 {
     while ((int64_t)(to - from) > 0) {
         uint64_t k = from >> q->seg_shift, seg_end = (k + 1) << q->seg_shift;
         uint64_t end = (int64_t)(to - seg_end) < 0 ? to : seg_end;
-        struct fq_segmap *e = fq__seg(q, k, 0);
-        if (e) {
-            uint64_t a = FQ_SEG_HDR + (from & FQ_SEG_MASK(q)), b = FQ_SEG_HDR + (end - (k << q->seg_shift));
-            a &= ~(uint64_t)(FQ_PAGE - 1);
-            if (msync(e->seg + a, b - a, MS_SYNC) != 0) {
-                fq__set_err("msync of segment %llu: %s", (unsigned long long)k, strerror(errno));
+        char name[64];
+        fq__seg_name(name, sizeof name, k << q->seg_shift, FQ_H_SEGMENT);
+        int fd = openat(q->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            int rc = fdatasync(fd);
+            int e = errno;
+            close(fd);
+            if (rc != 0) {
+                fq__set_err("fdatasync of %s: %s", name, strerror(e));
                 return FQ_ERR_SYS;
             }
-        } /* a segment retention already deleted needs no flush */
+        } else if (errno != ENOENT) { /* a segment retention already deleted needs no flush */
+            fq__set_err("cannot open %s to flush it: %s", name, strerror(errno));
+            return FQ_ERR_SYS;
+        }
         from = end;
     }
     return FQ_OK;
@@ -859,7 +903,7 @@ static int fq__flush_locked(fq_queue *q, int checkpoint)
     uint64_t dp = atomic_load_explicit(&q->store->st_durable_pos, FQ_ACQUIRE);
     int rc = FQ_OK;
     if ((int64_t)(fp - dp) > 0)
-        rc = fq__msync_range(q, dp, fp);
+        rc = fq__sync_range(q, dp, fp);
     FQ_CRASHPOINT("store.after_sync");
     if (rc == FQ_OK) {
         fq__cas_max(&q->store->st_durable_pos, fp, FQ_SEQCST);
@@ -885,16 +929,22 @@ int fq_flush(fq_queue *q, uint64_t upto, int64_t deadline_ns)
         if ((int64_t)(atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE) - upto) >= 0)
             return FQ_OK;
         if (fq__flush_lock(q)) {
-            /* a checkpoint at most every 100 ms: it costs one more write */
+            /* The checkpoint marks what was promised durable (recovery after a
+             * power cut treats damage below it as corruption, above it as a
+             * torn tail): written at every flush, except with fsync "always"
+             * (a flush per append) at most every 100 ms. */
             int64_t last = (int64_t)atomic_load_explicit(&q->store->st_ckpt_ns, FQ_RELAXED);
-            int rc = fq__flush_locked(q, fq_now_ns() - last > 100000000);
+            int rc = fq__flush_locked(q, q->fsync_mode != FQ_FSYNC_ALWAYS || fq_now_ns() - last > 100000000);
             fq__flush_unlock(q);
             if (rc)
                 return rc;
             if ((int64_t)(atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE) - upto) < 0) {
-                /* records below upto are still being written: let them land */
+                /* records below upto are still being written — or their
+                 * producer died: the liveness scan turns a dead claim into a
+                 * gap (rate-limited), else the frontier never passes it */
                 if (fq_now_ns() >= deadline_ns)
                     return FQ_TIMEOUT;
+                fq_maintain(q, 0);
                 struct timespec ts = {0, 20000};
                 nanosleep(&ts, NULL);
             }
@@ -902,6 +952,7 @@ int fq_flush(fq_queue *q, uint64_t upto, int64_t deadline_ns)
         }
         if (fq_now_ns() >= deadline_ns)
             return FQ_TIMEOUT;
+        fq_maintain(q, 0); /* a dead flush-lock holder is released by recovery */
         int64_t until = fq_now_ns() + 10000000;
         fq__ec_park(&q->ctrl->c_durable_ec, key, until < deadline_ns ? until : deadline_ns);
     }
@@ -1201,10 +1252,77 @@ static void fq__idx_clear(fq_queue *q, uint64_t k, uint64_t from_block)
     }
 }
 
+/* After a bad frame at `at` (expected record cs): the next readable record
+ * — an index entry of the same segment whose frame checks out (when
+ * use_index), else the first record of a later segment.  1 + (*ns, *np). */
+static int fq__resync(fq_queue *q, uint64_t at, uint64_t cs, uint64_t limit, int use_index, uint64_t *ns,
+                      uint64_t *np)
+{
+    uint64_t k = at >> q->seg_shift, seg0 = k << q->seg_shift, seg_end = seg0 + q->cap;
+    uint64_t xs = 0, xp = 0;
+    int have_x = 0;
+    for (uint64_t b = ((at & FQ_SEG_MASK(q)) >> FQ_IDX_SHIFT) + 1; use_index && b < FQ_NBLOCKS(q); b++) {
+        struct fq_idx_entry *x = fq__idx(q, k, b);
+        if (!x)
+            break;
+        if (atomic_load_explicit(&x->x_mark, FQ_ACQUIRE) != FQ_IDX_MARK)
+            continue;
+        uint64_t s = atomic_load_explicit(&x->x_seq, FQ_RELAXED);
+        uint32_t off = atomic_load_explicit(&x->x_off, FQ_RELAXED);
+        if (off >= q->cap || seg0 + off <= at || (int64_t)(s - cs) < 0 || (off & 7u))
+            continue;
+        uint64_t c = seg0 + off;
+        struct fq_frame_hdr h;
+        const uint8_t *fr;
+        if (fq__walk(q, &c, limit, &h, &fr) == 1 && c == seg0 + off && h.f_seq == s) {
+            xs = s;
+            xp = c;
+            have_x = 1;
+            break;
+        }
+    }
+    /* Between the damage and that entry (or the segment end): the next frame
+     * header, looked for 8 bytes at a time; a CRC-valid header of a plausible
+     * record is the resynchronisation point (frames are written once and
+     * never move). */
+    uint64_t scan_end = have_x ? xp : seg_end;
+    for (uint64_t c = at + 8; c + FQ_FRAME_HDR <= scan_end && (int64_t)(limit - c) > 0; c += 8) {
+        const uint8_t *bp = fq__store_ptr(q, c, 0);
+        if (!bp)
+            break;
+        const struct fq_frame_hdr *h = (const struct fq_frame_hdr *)bp;
+        uint16_t kind = h->f_flags & FQ_FR_KIND;
+        if (!(h->f_flags & FQ_FR_COMMITTED) || (kind != FQ_FR_DATA && kind != FQ_FR_GAP) ||
+            (int64_t)(h->f_seq - cs) <= 0 || h->f_seq - cs > ((uint64_t)1 << 24))
+            continue;
+        if (fq__store_check(h, bp, seg_end - c)) {
+            *ns = h->f_seq;
+            *np = c;
+            return 1;
+        }
+    }
+    if (have_x) {
+        *ns = xs;
+        *np = xp;
+        return 1;
+    }
+    uint64_t hi = limit >> q->seg_shift;
+    for (uint64_t j = k + 1; j < hi; j++) {
+        int ok;
+        uint64_t f = fq__seg_first(q, j, limit, &ok);
+        if (ok && (int64_t)(f - cs) >= 0) {
+            *ns = f;
+            *np = j << q->seg_shift;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Cold recovery (exclusive: nobody else has the store open).  Trusts only
  * the superblock, the group configuration, the checkpoints (CRC) and the
  * segments (CRC per record); rebuilds everything else.  See docs/store.md. */
-static int fq__cold_recover(fq_queue *q, int policy, fq_recovery_report *r)
+static int fq__cold_recover(fq_queue *q, int policy, int full, fq_recovery_report *r)
 {
     const struct fq_ckpt_shm *ck = NULL;
     for (int i = 0; i < 2; i++)
@@ -1245,9 +1363,24 @@ static int fq__cold_recover(fq_queue *q, int policy, fq_recovery_report *r)
     r->ckpt_seq = cs;
     r->ckpt_pos = cp;
     uint64_t limit = any ? (hi + 1) << q->seg_shift : cp;
-    /* index entries at or after the scan start are rebuilt from the walk */
-    for (uint64_t k = cp >> q->seg_shift; any && (int64_t)(hi - k) >= 0; k++)
-        fq__idx_clear(q, k, k == (cp >> q->seg_shift) ? ((cp & FQ_SEG_MASK(q)) + FQ_IDX_BLOCK - 1) >> FQ_IDX_SHIFT : 1);
+    /* What was promised durable ends at the checkpoint: damage below it is
+     * corruption (refused, or skipped with a count), damage above it a torn
+     * tail (cut).  The scan starts at the beginning of the checkpoint's
+     * segment, so the most recently sealed records are verified too. */
+    uint64_t promised = ck ? cp : 0;
+    if (ck && full && (int64_t)(cs - rseq) > 0) {
+        cs = rseq; /* asked for (recover=True): verify every retained record */
+        cp = rseg << q->seg_shift;
+    } else if (ck && (cp & FQ_SEG_MASK(q)) && (int64_t)((cp >> q->seg_shift) - rseg) >= 0) {
+        int ok;
+        uint64_t f = fq__seg_first(q, cp >> q->seg_shift, limit, &ok);
+        if (ok && (int64_t)(f - rseq) >= 0 && (int64_t)(cs - f) >= 0) {
+            cs = f;
+            cp = (cp >> q->seg_shift) << q->seg_shift;
+        }
+    }
+    /* index entries after the scan start are rewritten by the walk (the old
+     * ones stay usable for resynchronising past damage; all are hints) */
     for (;;) {
         struct fq_frame_hdr h;
         const uint8_t *fr;
@@ -1275,45 +1408,46 @@ static int fq__cold_recover(fq_queue *q, int policy, fq_recovery_report *r)
         }
         if (w == 0)
             break;
-        /* A bad or missing frame at (cs, at).  Valid records in a later
-         * segment mean corruption in the middle of the log; none, a torn tail. */
-        uint64_t kb = at >> q->seg_shift, kn = 0, next_first = 0;
-        int later = 0;
-        for (uint64_t k = kb + 1; any && (int64_t)(hi - k) >= 0; k++) {
-            int ok;
-            uint64_t f = fq__seg_first(q, k, limit, &ok);
-            if (ok && (int64_t)(f - cs) >= 0) {
-                later = 1;
-                kn = k;
-                next_first = f;
-                break;
-            }
-        }
-        if (!later)
-            break;
+        /* A bad or missing frame at (cs, at).  At or above the checkpoint: a
+         * torn tail.  Below it (a sealed, flushed part): corruption. */
+        uint64_t kb = at >> q->seg_shift, np = 0, ns = 0;
+        if ((int64_t)(at - promised) >= 0)
+            break; /* not promised durable: the torn tail (Kafka truncates there too) */
+        int later = fq__resync(q, at, cs, limit, 1, &ns, &np);
         r->corrupt = 1;
         if (!r->corrupt_seq)
             r->corrupt_seq = cs;
         if (policy != FQ_CORRUPT_SKIP) {
-            fq__set_err("record %llu (log position %llu, segment %020llu.seg) is corrupt and valid records follow "
-                        "it; open with on_corrupt=\"skip\" to drop records %llu..%llu and go on",
-                        (unsigned long long)cs, (unsigned long long)at,
-                        (unsigned long long)(kb << q->seg_shift), (unsigned long long)cs,
-                        (unsigned long long)(next_first - 1));
+            if (later)
+                fq__set_err("record %llu (log position %llu, segment %020llu.seg) is corrupt and valid records "
+                            "follow it; open with on_corrupt=\"skip\" to drop records %llu..%llu and go on",
+                            (unsigned long long)cs, (unsigned long long)at, (unsigned long long)(kb << q->seg_shift),
+                            (unsigned long long)cs, (unsigned long long)(ns - 1));
+            else
+                fq__set_err("record %llu (log position %llu, segment %020llu.seg) is corrupt although a checkpoint "
+                            "says it was on disk; open with on_corrupt=\"skip\" to cut the log there",
+                            (unsigned long long)cs, (unsigned long long)at, (unsigned long long)(kb << q->seg_shift));
             return FQ_ERR_DATA;
         }
-        /* skip: the rest of the damaged segment becomes one counted gap */
-        if (next_first != cs) {
-            fq__store_gap(q, cs, next_first - cs, at, kn << q->seg_shift);
-            r->skipped += next_first - cs;
-            atomic_fetch_add_explicit(&q->store->st_skipped, next_first - cs, FQ_RELAXED);
+        if (!later)
+            break; /* skip, but nothing readable follows: cut here */
+        /* skip: the damaged stretch becomes one counted gap */
+        for (uint64_t k = kb + 1; (int64_t)((np >> q->seg_shift) - k) > 0; k++)
+            if (!fq__seg(q, k, 1)) /* whole segments missing in between */
+                return errno == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
+        if (ns != cs || np != at) {
+            for (uint64_t b = ((at & FQ_SEG_MASK(q)) >> FQ_IDX_SHIFT) + 1;
+                 b < FQ_NBLOCKS(q) && (kb << q->seg_shift) + (b << FQ_IDX_SHIFT) < np; b++) {
+                struct fq_idx_entry *x = fq__idx(q, kb, b); /* no hint may point into the gap */
+                if (x)
+                    memset((void *)x, 0, sizeof *x);
+            }
+            fq__store_gap(q, cs, ns - cs, at, np);
+            r->skipped += ns - cs;
+            atomic_fetch_add_explicit(&q->store->st_skipped, ns - cs, FQ_RELAXED);
         }
-        cs = next_first;
-        cp = kn << q->seg_shift;
-        if (kn > kb + 1) /* whole segments missing in between: nothing to walk there */
-            for (uint64_t k = kb + 1; k < kn; k++)
-                if (!fq__seg(q, k, 1))
-                    return FQ_ERR_SYS;
+        cs = ns;
+        cp = np;
     }
     /* torn tail: zero the rest of cp's segment, remove later segments */
     uint64_t kc = cp >> q->seg_shift;
@@ -1381,15 +1515,17 @@ static int fq__cold_recover(fq_queue *q, int policy, fq_recovery_report *r)
                 r->leases_reset++;
         }
         memset((void *)win, 0, (size_t)q->window * sizeof *win);
-        G->g_start_seq = low;
+        /* everything below low counts as finished (qsize = tail - low) */
+        if ((int64_t)(G->g_start_seq - low) > 0)
+            G->g_start_seq = low;
         atomic_store_explicit(&G->g_low, low, FQ_RELAXED);
         atomic_store_explicit(&G->g_dispatch, low, FQ_RELAXED);
-        atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
+        atomic_store_explicit(&G->g_acked, low - G->g_start_seq, FQ_RELAXED);
         atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
         atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
         r->groups++;
     }
-    int rc = fq__msync_range(q, r->ckpt_pos, cp);
+    int rc = fq__sync_range(q, r->ckpt_pos, cp);
     if (rc == FQ_OK)
         rc = fq__ckpt_write(q, cs, cp);
     if (rc == FQ_OK && msync(q->base, q->map_size, MS_SYNC) != 0)
@@ -1422,8 +1558,9 @@ int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int 
         fq__set_err("no log at %s (no control file: %s)", dir, strerror(e));
         return e == ENOENT ? FQ_ERR_NOENT : e == EACCES || e == ELOOP ? FQ_ERR_PERM : FQ_ERR_SYS;
     }
-    snprintf(q->path, sizeof q->path, "%s", dir);
+    snprintf(q->path, sizeof q->path, "%.240s/control", dir); /* names the file in attach's errors */
     int rc = fq__attach(q, fd, wait_ns);
+    snprintf(q->path, sizeof q->path, "%s", dir);
     if (rc == FQ_OK && !q->durable) {
         fq__set_err("%s/control is not the control file of a durable log", dir);
         rc = FQ_ERR_FORMAT;
@@ -1458,9 +1595,18 @@ int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int 
                 continue; /* leftovers of an interrupted retention: only the last few can be there */
             fq__unlink_seg(q, k);
         }
+        if (reason == 2 && strncmp(boot, q->store->st_boot, 40) == 0 && fq__check_dynamic(q) &&
+            fq_join(q, 0) == FQ_OK) {
+            /* Forced, within one boot: first let the ring's liveness recovery
+             * turn dead members' claims into gap frames, as a plain open would
+             * (else the scan would take a dead claim for the torn end and cut
+             * records other producers appended after it). */
+            fq_maintain(q, 1);
+            fq_leave(q);
+        }
         if (reason) {
             rep->reason = reason;
-            rc = fq__cold_recover(q, corrupt_policy, rep);
+            rc = fq__cold_recover(q, corrupt_policy, reason == 2, rep);
             if (rep->reason == 3 && reason != 3)
                 rep->reason = reason;
         }
@@ -1507,7 +1653,7 @@ int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq)
             fq__set_err("record %llu at log position %llu (segment %020llu.seg) failed its checksum or header check",
                         (unsigned long long)c.seq, (unsigned long long)at,
                         (unsigned long long)((at >> q->seg_shift) << q->seg_shift));
-            return w == -1 ? FQ_ERR_RANGE : FQ_ERR_DATA;
+            return FQ_ERR_DATA;
         }
         if ((h.f_flags & FQ_FR_KIND) == FQ_FR_DATA)
             (*records)++;
