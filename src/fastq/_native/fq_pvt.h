@@ -154,6 +154,7 @@ int fq__refresh_frontier(fq_queue *q);
 int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos);
 void fq__store_close(fq_queue *q);
 void fq__retention_jump(fq_queue *q, uint32_t g);
+int fq__store_dynamic_ok(fq_queue *q);
 int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p);
 int fq__attach(fq_queue *q, int fd, int64_t wait_ns);
 

@@ -94,6 +94,8 @@ int fq__check_dynamic(fq_queue *q)
         return 0;
     if (s - fs > q->n_desc || p - fp > q->span || (fp & 7u) || (int64_t)(fs - q->base_seq) < 0)
         return 0;
+    if (q->durable && !fq__store_dynamic_ok(q))
+        return 0;
     for (uint32_t g = 0; g < q->max_groups; g++) {
         struct fq_group_shm *G = fq__group(q, g);
         uint32_t st = atomic_load_explicit(&G->g_state, FQ_ACQUIRE);

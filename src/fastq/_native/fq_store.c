@@ -304,8 +304,10 @@ int fq__store_check(const struct fq_frame_hdr *h, const uint8_t *frame, uint64_t
 {
     uint16_t fl = __atomic_load_n(&h->f_flags, __ATOMIC_ACQUIRE);
     uint16_t kind = fl & FQ_FR_KIND;
-    if (!(fl & FQ_FR_COMMITTED) || (kind != FQ_FR_DATA && kind != FQ_FR_GAP && kind != FQ_FR_PAD))
-        return 0;
+    if (fl != (kind | FQ_FR_COMMITTED) || (kind != FQ_FR_DATA && kind != FQ_FR_GAP && kind != FQ_FR_PAD))
+        return 0; /* exactly one kind and the commit mark: no unknown bits */
+    if (kind == FQ_FR_GAP && (uint64_t)h->f_ts_ns > ((uint64_t)1 << 32))
+        return 0; /* a gap stands for at most one claim's records */
     if (h->f_len < FQ_FRAME_HDR || fq__align8(h->f_len) > room || h->f_version != FQ_FRAME_VERSION)
         return 0;
     uint32_t plen = kind == FQ_FR_DATA ? h->f_len - FQ_FRAME_HDR : 0;
@@ -379,6 +381,24 @@ int fq__refresh_frontier(fq_queue *q)
         return 0;
     fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_SEQCST);
     fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_SEQCST);
+    return 1;
+}
+
+/* The store's dynamic state is plausible (fq__check_dynamic): retention
+ * start below the frontier, the frontier inside segments that were created,
+ * a flush-lock owner a member can be.  Else the opener runs cold recovery. */
+int fq__store_dynamic_ok(fq_queue *q)
+{
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    uint64_t rseg = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE);
+    uint64_t rseq = atomic_load_explicit(&q->store->st_retain_seq, FQ_ACQUIRE);
+    uint64_t hwm = atomic_load_explicit(&q->store->st_seg_hwm, FQ_ACQUIRE);
+    uint64_t dp = atomic_load_explicit(&q->store->st_durable_pos, FQ_ACQUIRE);
+    uint32_t fo = atomic_load_explicit(&q->store->st_flush_owner, FQ_ACQUIRE);
+    if (rseg > (fp >> q->seg_shift) || (int64_t)(rseq - fs) > 0 || (fp >> q->seg_shift) > hwm + 1 ||
+        hwm - rseg > ((uint64_t)1 << 20) || (int64_t)(dp - fp) > 0 || (fo && fo - 1 >= q->max_members))
+        return 0;
     return 1;
 }
 
@@ -493,7 +513,7 @@ static int fq__anchor(fq_queue *q, uint64_t seq, uint64_t limit, uint64_t *aseq,
         }
         uint64_t s = atomic_load_explicit(&x->x_seq, FQ_RELAXED);
         uint32_t off = atomic_load_explicit(&x->x_off, FQ_RELAXED);
-        if ((int64_t)(s - seq) <= 0 && off < q->cap) {
+        if ((int64_t)(s - seq) <= 0 && off < q->cap && !(off & 7u)) {
             xs = s;
             xo = off;
             found = 1;
@@ -701,10 +721,10 @@ int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c)
         }
         if (atomic_load_explicit(&x->x_ts_ns, FQ_RELAXED) < ts_ns) {
             uint32_t off = atomic_load_explicit(&x->x_off, FQ_RELAXED);
-            uint64_t at = seg0 + (off < q->cap ? off : 0);
+            uint64_t at = seg0 + (off < q->cap && !(off & 7u) ? off : 0);
             struct fq_frame_hdr h;
             const uint8_t *fr;
-            if (off < q->cap && fq__walk(q, &at, fp, &h, &fr) == 1 && at == seg0 + off &&
+            if (off < q->cap && !(off & 7u) && fq__walk(q, &at, fp, &h, &fr) == 1 && at == seg0 + off &&
                 h.f_seq == atomic_load_explicit(&x->x_seq, FQ_RELAXED))
                 cp = at;
             blo = mid + 1;
@@ -797,6 +817,11 @@ uint64_t fq_durable_seq(fq_queue *q) { return atomic_load_explicit(&q->ctrl->c_d
  * the same handle (fq_flush, fq_checkpoint). */
 static int fq__sync_range(fq_queue *q, uint64_t from, uint64_t to)
 {
+    if ((int64_t)(to - from) > 0 && ((to - from) >> q->seg_shift) > ((uint64_t)1 << 20)) {
+        fq__set_err("flush range of %llu bytes is impossible: the control state is corrupt",
+                    (unsigned long long)(to - from));
+        return FQ_ERR_CORRUPT;
+    }
     while ((int64_t)(to - from) > 0) {
         uint64_t k = from >> q->seg_shift, seg_end = (k + 1) << q->seg_shift;
         uint64_t end = (int64_t)(to - seg_end) < 0 ? to : seg_end;
@@ -889,7 +914,9 @@ static int fq__flush_lock(fq_queue *q)
         return 1;
     if (cur == me)
         return 0; /* another thread of this handle flushes: wait for it */
-    if (cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) == 0 &&
+    /* a holder that is dead — or a value no member can have (a damaged
+     * control file) — is taken over */
+    if ((cur - 1 >= q->max_members || fq__probe_lock(q, cur - 1) == 0) &&
         atomic_compare_exchange_strong_explicit(&q->store->st_flush_owner, &cur, me, FQ_ACQUIRE, FQ_RELAXED))
         return 1;
     return 0;
@@ -1223,6 +1250,27 @@ static int fq__scan_dir(fq_queue *q, uint64_t *lo, uint64_t *hi)
     return any;
 }
 
+/* Segments an interrupted retention left below its start (S7: the start and
+ * the checkpoint moved first).  Only below what BOTH the store state and the
+ * newest valid checkpoint say, and only files that exist. */
+static void fq__unlink_leftovers(fq_queue *q)
+{
+    const struct fq_ckpt_shm *ck = NULL;
+    for (int i = 0; i < 2; i++)
+        if (fq__ckpt_valid(q, &q->ckpt[i]) && (!ck || q->ckpt[i].k_gen > ck->k_gen))
+            ck = &q->ckpt[i];
+    if (!ck)
+        return;
+    uint64_t below = atomic_load_explicit(&q->store->st_retain_seg, FQ_RELAXED);
+    if (ck->k_retain_seg < below)
+        below = ck->k_retain_seg;
+    uint64_t lo = 0, hi = 0;
+    if (!fq__scan_dir(q, &lo, &hi))
+        return;
+    for (uint64_t k = lo; k < below && k <= hi; k++)
+        fq__unlink_seg(q, k);
+}
+
 /* Zero the data of segment k from offset off to its end; returns how many of
  * those bytes were not already zero (the torn tail). */
 static uint64_t fq__zero_tail(fq_queue *q, uint64_t k, uint64_t off)
@@ -1250,6 +1298,22 @@ static void fq__idx_clear(fq_queue *q, uint64_t k, uint64_t from_block)
         if (atomic_load_explicit(&x->x_mark, FQ_RELAXED) || atomic_load_explicit(&x->x_seq, FQ_RELAXED))
             memset((void *)x, 0, sizeof *x);
     }
+}
+
+/* Segment k's files fail validation (or are missing): move them aside and
+ * create fresh ones (recovery with on_corrupt="skip" writes a gap there). */
+static struct fq_segmap *fq__seg_replace(fq_queue *q, uint64_t k)
+{
+    for (int kind = FQ_H_SEGMENT; kind <= FQ_H_INDEX; kind++) {
+        char name[64], aside[80];
+        fq__seg_name(name, sizeof name, k << q->seg_shift, kind);
+        snprintf(aside, sizeof aside, "%s.corrupt", name);
+        renameat(q->dirfd, name, q->dirfd, aside);
+    }
+    struct fq_segmap *e = &q->segmap[k & (FQ_SEGMAP - 1)];
+    if (e->tag == k + 1)
+        fq__segmap_drop(e);
+    return fq__seg(q, k, 1);
 }
 
 /* After a bad frame at `at` (expected record cs): the next readable record
@@ -1338,6 +1402,9 @@ static int fq__cold_recover(fq_queue *q, int policy, int full, fq_recovery_repor
         rseq = ck->k_retain_seq;
         if (any && (int64_t)(rseg - lo) < 0)
             ck = NULL; /* files the checkpoint counts on are gone: rescan what exists */
+        else if ((any && (cp >> q->seg_shift) > hi + 1) || (!any && cp != q->base_pos) ||
+                 (int64_t)((cp >> q->seg_shift) - rseg) < 0)
+            ck = NULL; /* it names positions no segment file holds: not trusted */
     }
     if (!ck) {
         r->reason = 3;
@@ -1431,9 +1498,11 @@ static int fq__cold_recover(fq_queue *q, int policy, int full, fq_recovery_repor
         }
         if (!later)
             break; /* skip, but nothing readable follows: cut here */
-        /* skip: the damaged stretch becomes one counted gap */
-        for (uint64_t k = kb + 1; (int64_t)((np >> q->seg_shift) - k) > 0; k++)
-            if (!fq__seg(q, k, 1)) /* whole segments missing in between */
+        /* skip: the damaged stretch becomes one counted gap; a segment file
+         * that is missing or fails validation is replaced by a fresh one (the
+         * bad file is kept beside it as <name>.corrupt) */
+        for (uint64_t k = kb; (int64_t)((np >> q->seg_shift) - k) > 0 || k == kb; k++)
+            if (!fq__seg(q, k, 0) && !fq__seg_replace(q, k))
                 return errno == ENOSPC ? FQ_ERR_NOMEM : FQ_ERR_SYS;
         if (ns != cs || np != at) {
             for (uint64_t b = ((at & FQ_SEG_MASK(q)) >> FQ_IDX_SHIFT) + 1;
@@ -1590,11 +1659,8 @@ int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int 
                    : !fq__check_dynamic(q) ? 4 : 0;
         uint64_t lo, hi;
         fq__scan_dir(q, &lo, &hi); /* temporary files of dead creators */
-        for (uint64_t k = 0; k < atomic_load_explicit(&q->store->st_retain_seg, FQ_RELAXED); k++) {
-            if (k + FQ_SEGMAP < atomic_load_explicit(&q->store->st_retain_seg, FQ_RELAXED))
-                continue; /* leftovers of an interrupted retention: only the last few can be there */
-            fq__unlink_seg(q, k);
-        }
+        if (!reason)
+            fq__unlink_leftovers(q);
         if (reason == 2 && strncmp(boot, q->store->st_boot, 40) == 0 && fq__check_dynamic(q) &&
             fq_join(q, 0) == FQ_OK) {
             /* Forced, within one boot: first let the ring's liveness recovery
@@ -1609,6 +1675,8 @@ int fq_open_dir(fq_queue *q, const char *dir, int64_t wait_ns, int recover, int 
             rc = fq__cold_recover(q, corrupt_policy, reason == 2, rep);
             if (rep->reason == 3 && reason != 3)
                 rep->reason = reason;
+            if (rc == FQ_OK)
+                fq__unlink_leftovers(q);
         }
         if (rc == FQ_OK) {
             memcpy(q->store->st_boot, boot, 40);
