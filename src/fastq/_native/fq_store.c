@@ -857,6 +857,15 @@ static void fq__boot_id(char out[40])
     }
 }
 
+/* CLOCK_MONOTONIC without the test skew (fq_clock_skew_ns is per process;
+ * st_ckpt_ns is compared across processes). */
+static int64_t fq__mono_raw(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static uint32_t fq__ckpt_crc(const struct fq_ckpt_shm *k)
 {
     uint32_t ng = k->k_ngroups > FQ_MAX_GROUPS ? FQ_MAX_GROUPS : k->k_ngroups;
@@ -899,7 +908,7 @@ static int fq__ckpt_write(fq_queue *q, uint64_t seq, uint64_t pos)
         return FQ_ERR_SYS;
     }
     atomic_store_explicit(&q->store->st_ckpt_seq, seq, FQ_RELAXED);
-    atomic_store_explicit(&q->store->st_ckpt_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);
+    atomic_store_explicit(&q->store->st_ckpt_ns, (uint64_t)fq__mono_raw(), FQ_RELAXED);
     atomic_store_explicit(&q->store->st_ckpt_gen, gen, FQ_RELEASE);
     return FQ_OK;
 }
@@ -961,7 +970,7 @@ int fq_flush(fq_queue *q, uint64_t upto, int64_t deadline_ns)
              * torn tail): written at every flush, except with fsync "always"
              * (a flush per append) at most every 100 ms. */
             int64_t last = (int64_t)atomic_load_explicit(&q->store->st_ckpt_ns, FQ_RELAXED);
-            int rc = fq__flush_locked(q, q->fsync_mode != FQ_FSYNC_ALWAYS || fq_now_ns() - last > 100000000);
+            int rc = fq__flush_locked(q, q->fsync_mode != FQ_FSYNC_ALWAYS || fq__mono_raw() - last > 100000000);
             fq__flush_unlock(q);
             if (rc)
                 return rc;
