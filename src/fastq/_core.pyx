@@ -174,6 +174,7 @@ cdef class Ring:
     cdef public uint32_t _kind     # FQ_M_KIND_* bits this handle registers with
     cdef uint32_t _gets            # group gets since the last liveness scan
     cdef object __weakref__        # fork hook registry (fastq.queue._live)
+    cdef public uint32_t _g_deadletters  # messages of the last _g_get over max_deliveries
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -953,7 +954,10 @@ cdef class Ring:
         except FileNotFoundError:
             raise FastqError(f"group {group!r} was deleted") from None
         cdef list out = PyList_New(n)
+        self._g_deadletters = 0
         for i in range(n):
+            if self._msgs[i].flags & N.FQ_MSG_DEADLETTER:
+                self._g_deadletters += 1
             m = Message.__new__(Message)
             m._m = self._msgs[i]
             m._m.data = NULL

@@ -621,7 +621,7 @@ class Consumer:
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             msgs = self._ring._g_get(self._g, int(max_messages), left, self._name, self)
-            if msgs and any(m._must_dead_letter for m in msgs):
+            if self._ring._g_deadletters:
                 msgs = [m for m in msgs if not (m._must_dead_letter and self._dead_letter(
                     m, f"delivery limit {self._max_deliveries} reached (lease expired or its consumer died)"))]
             if msgs or (deadline is not None and time.monotonic() >= deadline):

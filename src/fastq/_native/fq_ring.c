@@ -593,7 +593,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         return FQ_ERR_INVAL;
     struct fq_group_shm *G = fq__group(q, g);
     uint32_t n = 0;
-    int corrupt = 0, stalled = 0, wrong_size = 0;
+    int corrupt = 0, stalled = 0, wrong_size = 0, leased_new = 0;
     uint32_t skipped = 0;
     if (fq__unlikely(atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE))
         return FQ_ERR_NOENT; /* the group was deleted */
@@ -693,9 +693,8 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) { /* C2 */
             FQ_CRASHPOINT("cons.after_lease");
             if (fq__fill(q, s, 1, &out[n])) {
-                if (deadline)
-                    fq__deadline_insert(G, (uint64_t)deadline);
                 n++;
+                leased_new = 1;
             }
             else {
                 fq__drop_corrupt(q, g, s, nw);
@@ -704,6 +703,10 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         }
         s++;
     }
+    /* D1 once per take: every lease of this take expires at `deadline`
+     * (the hint is a lower bound of all of them from here on). */
+    if (leased_new && deadline)
+        fq__deadline_insert(G, (uint64_t)deadline);
     fq__cas_max(&G->g_dispatch, s, FQ_RELAXED); /* a hint only */
     if (skipped || corrupt)
         fq__advance_low(q, g);
