@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -478,6 +479,110 @@ static void test_concurrent_producers(void)
     rm_rf(g_dir);
 }
 
+/* The same with every producer a clone of the consumer's handle: one mapping
+ * of the control file, so ThreadSanitizer relates every access to the claim
+ * word, descriptors, intents, lease windows and the frontier across threads
+ * (each clone has its own segment map, as separate handles have). */
+static fq_queue g_base;
+
+static void *clone_producer(void *p)
+{
+    struct prod_arg *a = p;
+    fq_queue q = g_base;
+    q.member = -1;
+    q.lock_fd = -1;
+    q.rd_pos = q.rf_pos = 0;
+    q.segmap = calloc(FQ_SEGMAP, sizeof *q.segmap);
+    if (!q.segmap || fq_join(&q, FQ_M_KIND_PRODUCER) != FQ_OK) {
+        FQT_CHECK(!"clone");
+        return NULL;
+    }
+    while (!atomic_load(&g_go))
+        ;
+    for (uint64_t i = 0; i < PER; i++) {
+        uint64_t key = ((uint64_t)a->id << 32) | i;
+        uint32_t len = 8 + (uint32_t)(fqt_mix(key) % 700);
+        uint64_t seq;
+        int rc;
+        while ((rc = fq_claim(&q, &len, 1, &seq)) == FQ_FULL)
+            ;
+        if (rc != FQ_OK) {
+            FQT_ST(rc, FQ_OK);
+            break;
+        }
+        uint8_t *d = fq_payload(&q, seq);
+        memcpy(d, &key, 8);
+        fqt_fill(d + 8, len - 8, key);
+        fq_commit(&q, seq, 1);
+        if ((i & 255) == 0)
+            FQT_ST(fq_flush(&q, seq + 1, fq_now_ns() + 10000000000LL), FQ_OK); /* flush lock shared too */
+    }
+    fq_leave(&q);
+    close(q.lock_fd);
+    for (uint32_t k = 0; k < FQ_SEGMAP; k++)
+        if (q.segmap[k].tag) {
+            munmap(q.segmap[k].seg, q.segmap[k].seg_len);
+            if (q.segmap[k].idx)
+                munmap(q.segmap[k].idx, q.segmap[k].idx_len);
+        }
+    free(q.segmap);
+    return NULL;
+}
+
+static void test_concurrent_clones(void)
+{
+    fresh_dir("clones");
+    FQT_REQUIRE_ST(mk(&g_base, 128, FQ_FSYNC_NEVER), FQ_OK);
+    fq_group_cfg c;
+    memset(&c, 0, sizeof c);
+    c.name = "g";
+    c.window = 64;
+    uint32_t g;
+    int created;
+    FQT_REQUIRE_ST(fq_group_open(&g_base, &c, &g, &created), FQ_OK);
+    atomic_store(&g_go, 0);
+    pthread_t th[NPROD];
+    struct prod_arg args[NPROD];
+    for (int i = 0; i < NPROD; i++) {
+        args[i].id = i;
+        args[i].base = &g_base;
+        pthread_create(&th[i], NULL, clone_producer, &args[i]);
+    }
+    atomic_store(&g_go, 1);
+    uint64_t next[NPROD] = {0}, got = 0;
+    int64_t until = fq_now_ns() + 60000000000LL;
+    while (got < (uint64_t)NPROD * PER && fq_now_ns() < until) {
+        fq_msg m[32];
+        uint32_t n;
+        int rc = fq_take(&g_base, g, m, 32, 0, &n);
+        if (rc != FQ_OK)
+            continue;
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t key;
+            memcpy(&key, m[i].data, 8);
+            int id = (int)(key >> 32);
+            FQT_REQUIRE(id >= 0 && id < NPROD);
+            FQT_EQ(key & 0xFFFFFFFFu, next[id]);
+            next[id] = (key & 0xFFFFFFFFu) + 1;
+            FQT_CHECK(fqt_verify(m[i].data + 8, m[i].len - 8, key));
+        }
+        got += n;
+        FQT_ST(fq_ack(&g_base, g, m, n), FQ_OK);
+    }
+    for (int i = 0; i < NPROD; i++)
+        pthread_join(th[i], NULL);
+    FQT_EQ(got, (uint64_t)NPROD * PER);
+    if (got != (uint64_t)NPROD * PER) {
+        fq_stats st;
+        fq_get_stats(&g_base, g, &st);
+        fprintf(stderr, "  tail %llu low %llu delivered %llu dead %llu aborted %llu recovered %llu\n",
+                (unsigned long long)st.tail_seq, (unsigned long long)st.low, (unsigned long long)st.delivered,
+                (unsigned long long)st.dead, (unsigned long long)st.aborted, (unsigned long long)st.recovered);
+    }
+    fq_close(&g_base);
+    rm_rf(g_dir);
+}
+
 static void test_bad_files(void)
 {
     fresh_dir("bad");
@@ -523,6 +628,7 @@ int main(int argc, char **argv)
     FQT_RUN(test_torn_tail_and_corruption);
     FQT_RUN(test_retention);
     FQT_RUN(test_concurrent_producers);
+    FQT_RUN(test_concurrent_clones);
     FQT_RUN(test_bad_files);
     return fqt_summary();
 }

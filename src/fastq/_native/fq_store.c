@@ -24,9 +24,10 @@
  *   S3  producer: fills the frame, then f_crc, then f_flags |= COMMITTED
  *       (release, P4a) before d_cw = COMMITTED (P4).
  *   S4  frontier refresh: walks descriptors with acquire loads from the
- *       floor while COMMITTED/ABORTED, then CAS-max floor_seq, floor_pos
- *       (seq_cst).  A reader that loads the floor (acquire) sees every frame
- *       header, PAD and gap below it.
+ *       floor while COMMITTED/ABORTED, then CAS-max floor_pos, then
+ *       floor_seq (seq_cst).  A reader that loads floor_seq then floor_pos
+ *       (acquire) sees every frame header, PAD and gap below them, and a
+ *       position that covers every record below that seq.
  *   S5  recovery: writes gap frames over a dead extent before publishing
  *       ABORTED (release), so S4 never passes a hole.
  *   S6  flusher: msync(MS_SYNC) of [durable_pos, frontier) then
@@ -379,8 +380,14 @@ int fq__refresh_frontier(fq_queue *q)
     }
     if (L == fs)
         return 0;
-    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_SEQCST);
+    /* Position FIRST, then seq (the ring's floor does the opposite): a reader
+     * that loads floor_seq then floor_pos (acquire) sees a position at least
+     * as far as the records below that seq, so it can walk to any of them
+     * (found by the TSan run of test_concurrent_clones: with seq first, a
+     * reader between the two CASes walked into the old position limit and
+     * took complete records for corrupt). */
     fq__cas_max(&q->ctrl->c_floor_pos, P, FQ_SEQCST);
+    fq__cas_max(&q->ctrl->c_floor_seq, L, FQ_SEQCST);
     return 1;
 }
 
@@ -618,9 +625,14 @@ int fq_seek_seq(fq_queue *q, uint64_t seq, fq_cursor *c)
     uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
     if ((int64_t)(seq - rs) < 0)
         seq = rs;
-    if ((int64_t)(seq - fs) >= 0) {
-        c->seq = fs;
-        c->pos = fp;
+    if ((int64_t)(seq - fs) >= 0)
+        seq = fs; /* the head: where record fs starts (fp may already lie past it, S4) */
+    if (seq == rs && (int64_t)(fs - rs) >= 0 && (seq == fs || !fp)) {
+        /* nothing retained below seq: the retention start is a segment start */
+        c->seq = rs;
+        c->pos = atomic_load_explicit(&q->store->st_retain_seg, FQ_ACQUIRE) << q->seg_shift;
+        if (rs == q->base_seq && c->pos < q->base_pos)
+            c->pos = q->base_pos;
         return FQ_OK;
     }
     uint64_t cs, cp;
@@ -738,11 +750,8 @@ int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c)
         const uint8_t *fr;
         uint64_t at = cp;
         int r = fq__walk(q, &at, fp, &h, &fr);
-        if (r == 0) {
-            c->seq = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
-            c->pos = fp;
-            return FQ_OK;
-        }
+        if (r == 0) /* nothing appended at or after ts_ns yet: the head */
+            return fq_seek_seq(q, atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE), c);
         if (r < 0) {
             fq__set_err("the frame at log position %llu failed its checksum or header check", (unsigned long long)at);
             return FQ_ERR_DATA;
