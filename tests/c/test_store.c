@@ -583,6 +583,35 @@ static void test_concurrent_clones(void)
     rm_rf(g_dir);
 }
 
+/* A refresher stopped between publishing the frontier's position and its
+ * seq (S4) leaves floor_pos ahead of floor_seq: the next refresh must still
+ * advance (it once took that for a recycled descriptor and never moved), and
+ * a checkpoint must pair a seq with the position where that record starts. */
+static void test_frontier_pos_ahead_of_seq(void)
+{
+    fresh_dir("ahead");
+    fq_queue q;
+    FQT_REQUIRE_ST(mk(&q, 64, FQ_FSYNC_INTERVAL), FQ_OK);
+    append_n(&q, 0, 15);
+    FQT_EQ(fq_frontier(&q), 15);
+    int ok;
+    uint64_t end12 = fq__pos_after(&q, 12, &ok);
+    FQT_REQUIRE(ok);
+    atomic_store(&q.ctrl->c_floor_seq, 10); /* as seen between the two CASes */
+    atomic_store(&q.ctrl->c_floor_pos, end12);
+    FQT_EQ(fq_frontier(&q), 15);
+    append_n(&q, 15, 100); /* more than the 64 descriptors: claims need the frontier */
+    FQT_EQ(fq_frontier(&q), 115);
+    FQT_ST(fq_checkpoint(&q), FQ_OK);
+    fq_close(&q);
+    fq_recovery_report rep;
+    FQT_REQUIRE_ST(reopen(&q, FQ_RECOVER_FORCE, FQ_CORRUPT_REFUSE, &rep), FQ_OK);
+    FQT_EQ(rep.tail_seq, 115);
+    FQT_EQ(read_all(&q, 0, 115), 115);
+    fq_close(&q);
+    rm_rf(g_dir);
+}
+
 static void test_bad_files(void)
 {
     fresh_dir("bad");
@@ -629,6 +658,7 @@ int main(int argc, char **argv)
     FQT_RUN(test_retention);
     FQT_RUN(test_concurrent_producers);
     FQT_RUN(test_concurrent_clones);
+    FQT_RUN(test_frontier_pos_ahead_of_seq);
     FQT_RUN(test_bad_files);
     return fqt_summary();
 }

@@ -105,6 +105,7 @@ typedef struct fq_queue {
     struct fq_segmap *segmap;   /* process-local: FQ_SEGMAP direct-mapped entries */
     uint64_t rd_seq, rd_pos;    /* walker cache: record rd_seq starts at rd_pos */
     uint64_t rf_seq, rf_pos;    /* the last data record fq__store_find found (CRC checked); rf_pos 0 = none */
+    struct fq_frame_hdr rf_hdr; /* ... and its header as checked */
     uint32_t fsync_mode;
     int open_fd;            /* segment store: holds the shared "open" lock (cold recovery needs it exclusive) */
     struct fq_ckpt_shm *ckpt;   /* two slots */

@@ -237,7 +237,7 @@ static int fq__recovery_lock(fq_queue *q)
     uint32_t cur = atomic_load_explicit(&q->ctrl->c_recovery_owner, FQ_ACQUIRE);
     for (;;) {
         if (cur == me)
-            break;
+            return 0; /* another thread of this handle recovers (e.g. a flusher without the GIL): never twice at once */
         /* Held: take over only if the holder is dead (or the id is garbage). */
         if (cur != 0 && cur - 1 < q->max_members && fq__probe_lock(q, cur - 1) != 0)
             return 0;
@@ -354,13 +354,13 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
                                    : FQ_M_FREE;
                 if (pst != FQ_M_ALIVE) {
                     uint64_t word = fq__journal_begin(q, s, 0);
+                    int gap_ok = 1;
                     if (q->durable) { /* S5: the segment must say "gap" before the floor may pass it */
                         uint64_t es = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED);
                         uint32_t el = atomic_load_explicit(&d->d_ext_len, FQ_RELAXED);
-                        if (el <= q->cap)
-                            fq__store_gap(q, s, 1, es, es + el);
+                        gap_ok = el <= q->cap && fq__store_gap(q, s, 1, es, es + el) == FQ_OK;
                     }
-                    if (atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED),
+                    if (gap_ok && atomic_compare_exchange_strong_explicit(&d->d_cw, &cw, fq__cw(s, FQ_D_ABORTED),
                                                                 FQ_RELEASE, FQ_RELAXED)) {
                         fq__journal_end(q, word, 1);
                         aborted++;
@@ -414,12 +414,14 @@ static uint64_t fq__abort_dead_claims(fq_queue *q)
             end = tp; /* the claim word at seq ts has exactly this position */
         else
             end = atomic_load_explicit(&fq__desc(q, u)->d_ext_start, FQ_RELAXED);
-        if ((int64_t)(end - start) < 0 || end - start > q->cap)
+        if ((int64_t)(end - start) < 0 || end - start > (q->durable ? q->span : q->cap))
             break; /* inconsistent: leave it for a later scan */
         uint64_t word = fq__journal_begin(q, s, u - s);
         FQ_CRASHPOINT("rec.before_gap");
-        if (q->durable)
-            fq__store_gap(q, s, u - s, start, end); /* S5 */
+        if (q->durable && fq__store_gap(q, s, u - s, start, end) != FQ_OK) { /* S5 */
+            fq__journal_end(q, word, 0);
+            break; /* the segment could not say "gap": leave the claim for a later scan */
+        }
         fq__set_gap(q, s, cw, start, end - start);
         for (uint64_t v = s + 1; v != u; v++)
             fq__set_gap(q, v, atomic_load_explicit(&fq__desc(q, v)->d_cw, FQ_ACQUIRE), end, 0);

@@ -147,7 +147,7 @@ void fq__store_index(fq_queue *q, uint64_t seq, uint64_t p, uint64_t e, int64_t 
 void fq__store_pad(fq_queue *q, uint64_t seq, uint64_t pos, uint32_t len);
 void fq__store_seal(struct fq_frame_hdr *h, uint16_t flags);
 int fq__store_check(const struct fq_frame_hdr *h, const uint8_t *frame, uint64_t room);
-void fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end);
+int fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end);
 int fq__refresh_frontier(fq_queue *q);
 /* Segment lookup of a complete record: 1 data, 2 gap, 0 not below the
  * frontier, -1 deleted by retention, -2 corrupt.  *pos = its frame. */

@@ -321,8 +321,13 @@ int fq__store_check(const struct fq_frame_hdr *h, const uint8_t *frame, uint64_t
  * [seq, seq+count): the first readable header declares the run, a part in
  * the next segment is a continuation (count 0).  Caller: recovery, before
  * it publishes ABORTED. */
-void fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end)
+int fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uint64_t end)
 {
+    /* Written with pwrite through a descriptor of its own, never through the
+     * handle's segment map: liveness recovery also runs inside fq_flush,
+     * without the GIL, while other threads use the map.  The page cache is
+     * shared with every mapping; the caller publishes ABORTED (release) only
+     * after these writes returned. */
     uint64_t p = start;
     int first = 1;
     while ((int64_t)(end - p) > 0) {
@@ -332,18 +337,37 @@ void fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, ui
             continue;
         }
         uint64_t len = (end < seg_end ? end : seg_end) - p;
-        struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__store_ptr(q, p, 1);
-        if (!h || len < FQ_FRAME_HDR)
-            return;
-        h->f_len = (uint32_t)len;
-        h->f_seq = first ? seq : seq + count;
-        h->f_ts_ns = first ? (int64_t)count : 0;
-        h->f_version = FQ_FRAME_VERSION;
-        h->f_type = 0;
-        fq__store_seal(h, FQ_FR_GAP | FQ_FR_COMMITTED);
+        if (len < FQ_FRAME_HDR)
+            return FQ_ERR_CORRUPT;
+        uint64_t k = p >> q->seg_shift;
+        char name[64];
+        fq__seg_name(name, sizeof name, k << q->seg_shift, FQ_H_SEGMENT);
+        int fd = openat(q->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT && fq__file_create(q, k, FQ_H_INDEX) == FQ_OK &&
+            fq__file_create(q, k, FQ_H_SEGMENT) == FQ_OK)
+            fd = openat(q->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return FQ_ERR_SYS;
+        if (!fq__file_check(q, fd, k, FQ_H_SEGMENT)) {
+            close(fd);
+            return FQ_ERR_CORRUPT;
+        }
+        struct fq_frame_hdr h;
+        memset(&h, 0, sizeof h);
+        h.f_len = (uint32_t)len;
+        h.f_seq = first ? seq : seq + count;
+        h.f_ts_ns = first ? (int64_t)count : 0;
+        h.f_version = FQ_FRAME_VERSION;
+        h.f_crc = fq__frame_crc(&h, FQ_FR_GAP | FQ_FR_COMMITTED, NULL, 0);
+        h.f_flags = FQ_FR_GAP | FQ_FR_COMMITTED;
+        ssize_t w = pwrite(fd, &h, sizeof h, (off_t)(FQ_SEG_HDR + (p & FQ_SEG_MASK(q))));
+        close(fd);
+        if (w != (ssize_t)sizeof h)
+            return FQ_ERR_SYS;
         first = 0;
         p += len;
     }
+    return FQ_OK;
 }
 
 void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
@@ -373,9 +397,12 @@ int fq__refresh_frontier(fq_queue *q)
             break;
         /* seqlock read (P2a writer): acquire loads keep the re-check after them */
         uint64_t P2 = atomic_load_explicit(&d->d_ext_start, FQ_ACQUIRE) + atomic_load_explicit(&d->d_ext_len, FQ_ACQUIRE);
-        if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw || (int64_t)(P2 - P) < 0)
+        if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw)
             break; /* recycled: another refresher moved the floor past L */
-        P = P2;
+        /* floor_pos may already be past L's end (another refresher published
+         * its position and not yet its seq, S4): keep the larger bound */
+        if ((int64_t)(P2 - P) > 0)
+            P = P2;
         L++;
     }
     if (L == fs)
@@ -434,9 +461,11 @@ static int fq__walk(fq_queue *q, uint64_t *cp, uint64_t limit, struct fq_frame_h
         const uint8_t *b = fq__store_ptr(q, *cp, 0);
         if (!b)
             return -1;
-        memcpy(h, b, sizeof *h);
         h->f_flags = __atomic_load_n(&((const struct fq_frame_hdr *)b)->f_flags, __ATOMIC_ACQUIRE);
-        if (!fq__store_check((const struct fq_frame_hdr *)b, b, room))
+        uint16_t fl = h->f_flags;
+        memcpy(h, b, sizeof *h);
+        h->f_flags = fl;
+        if (!fq__store_check(h, b, room)) /* the local copy: what callers use is what was checked */
             return -2;
         if ((h->f_flags & FQ_FR_KIND) == FQ_FR_PAD) {
             if (h->f_len != room)
@@ -589,6 +618,7 @@ int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos)
                     return 2;
                 q->rf_seq = seq; /* fq__fill_store takes it from here, already checked */
                 q->rf_pos = cp;
+                q->rf_hdr = h;
                 return 1;
             }
             cs += n;
@@ -826,7 +856,7 @@ uint64_t fq_durable_seq(fq_queue *q) { return atomic_load_explicit(&q->ctrl->c_d
  * the same handle (fq_flush, fq_checkpoint). */
 static int fq__sync_range(fq_queue *q, uint64_t from, uint64_t to)
 {
-    if ((int64_t)(to - from) > 0 && ((to - from) >> q->seg_shift) > ((uint64_t)1 << 20)) {
+    if ((int64_t)(to - from) > 0 && ((to - from) >> q->seg_shift) > ((uint64_t)1 << 24)) {
         fq__set_err("flush range of %llu bytes is impossible: the control state is corrupt",
                     (unsigned long long)(to - from));
         return FQ_ERR_CORRUPT;
@@ -922,6 +952,25 @@ static int fq__ckpt_write(fq_queue *q, uint64_t seq, uint64_t pos)
     return FQ_OK;
 }
 
+static int fq__ckpt_valid(fq_queue *q, const struct fq_ckpt_shm *k);
+
+/* Would a checkpoint at seq change a group's recorded low-watermark? */
+static int fq__lows_moved(fq_queue *q, const struct fq_ckpt_shm *last, uint64_t seq)
+{
+    for (uint32_t g = 0; g < q->max_groups && g < FQ_MAX_GROUPS; g++) {
+        struct fq_group_shm *G = fq__group(q, g);
+        uint32_t st = atomic_load_explicit(&G->g_state, FQ_ACQUIRE);
+        uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+        if ((int64_t)(low - seq) > 0)
+            low = seq;
+        if (g >= last->k_ngroups || last->k_groups[g].kg_state != st ||
+            last->k_groups[g].kg_gen != atomic_load_explicit(&G->g_gen, FQ_ACQUIRE) ||
+            (st == FQ_G_ACTIVE && last->k_groups[g].kg_low != low))
+            return 1;
+    }
+    return 0;
+}
+
 /* The flush lock: member id + 1 in st_flush_owner; a dead holder is replaced. */
 static int fq__flush_lock(fq_queue *q)
 {
@@ -943,9 +992,20 @@ static int fq__flush_lock(fq_queue *q)
 static int fq__flush_locked(fq_queue *q, int checkpoint)
 {
     fq__refresh_frontier(q);
-    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
-    uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+    /* (fs, where record fs starts): read right away, before producers
+     * recycle the descriptor of fs-1 (the sync below takes milliseconds) */
+    uint64_t fs = 0, fp = 0, fs_pos = 0;
+    int fs_ok = 0;
+    for (int i = 0; i < 8 && !fs_ok; i++) {
+        fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+        fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
+        fs_ok = fs == q->base_seq;
+        fs_pos = fs_ok ? q->base_pos : fq__pos_after(q, fs - 1, &fs_ok);
+        if (fs_ok && (int64_t)(fp - fs_pos) < 0)
+            fs_ok = 0;
+    }
     uint64_t dp = atomic_load_explicit(&q->store->st_durable_pos, FQ_ACQUIRE);
+    uint64_t ds0 = atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE);
     int rc = FQ_OK;
     if ((int64_t)(fp - dp) > 0)
         rc = fq__sync_range(q, dp, fp);
@@ -953,8 +1013,24 @@ static int fq__flush_locked(fq_queue *q, int checkpoint)
     if (rc == FQ_OK) {
         fq__cas_max(&q->store->st_durable_pos, fp, FQ_SEQCST);
         fq__cas_max(&q->ctrl->c_durable_seq, fs, FQ_SEQCST);
-        if (checkpoint)
-            rc = fq__ckpt_write(q, fs, fp);
+        /* The checkpoint needs the position where record fs starts: fp may
+         * already lie past it (S4), so take it from the descriptor of fs-1
+         * (kept alive by the N-1 slack).  Not known (a fresh cold recovery,
+         * no descriptor yet): keep the previous checkpoint.  Only when
+         * something new became durable. */
+        if (checkpoint) {
+            int ok = fs_ok;
+            uint64_t pos = fs_pos;
+            const struct fq_ckpt_shm *last = &q->ckpt[atomic_load_explicit(&q->store->st_ckpt_gen, FQ_ACQUIRE) & 1];
+            int last_ok = fq__ckpt_valid(q, last);
+            if (!ok && last_ok) {
+                fs = last->k_seq; /* keep the last consistent pair; the group lows may still be new */
+                pos = last->k_pos;
+                ok = 1;
+            }
+            if (ok && (checkpoint > 1 || (int64_t)(fs - ds0) > 0 || !last_ok || fq__lows_moved(q, last, fs)))
+                rc = fq__ckpt_write(q, fs, pos);
+        }
     }
     return rc;
 }
@@ -969,6 +1045,8 @@ int fq_flush(fq_queue *q, uint64_t upto, int64_t deadline_ns)
 {
     if (!q->durable)
         return FQ_OK;
+    if (q->member < 0)
+        return FQ_ERR_INVAL; /* the flush lock names a member */
     for (;;) {
         uint32_t key = (uint32_t)(atomic_load_explicit(&q->ctrl->c_durable_ec, FQ_SEQCST) >> 32);
         if ((int64_t)(atomic_load_explicit(&q->ctrl->c_durable_seq, FQ_ACQUIRE) - upto) >= 0)
@@ -1007,9 +1085,11 @@ int fq_checkpoint(fq_queue *q)
 {
     if (!q->durable)
         return FQ_OK;
+    if (q->member < 0)
+        return FQ_ERR_INVAL;
     for (int i = 0; i < 20000; i++) {
         if (fq__flush_lock(q)) {
-            int rc = fq__flush_locked(q, 1);
+            int rc = fq__flush_locked(q, 2);
             fq__flush_unlock(q);
             return rc;
         }
@@ -1064,7 +1144,7 @@ static void fq__jump_groups(fq_queue *q, uint64_t seq)
 
 int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed)
 {
-    if (!q->durable)
+    if (!q->durable || q->member < 0)
         return FQ_ERR_INVAL;
     fq__refresh_frontier(q);
     uint64_t fp = atomic_load_explicit(&q->ctrl->c_floor_pos, FQ_ACQUIRE);
@@ -1089,10 +1169,8 @@ int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed)
     while ((int64_t)(active - k) > 0) {
         int ok;
         uint64_t next_first = fq__seg_first(q, k + 1, fp, &ok);
-        if (!ok && k + 1 != active)
-            break;
-        if (!ok) /* k + 1 is the active segment and still empty: its first seq is the frontier */
-            next_first = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+        if (!ok)
+            break; /* k + 1 has no complete first record yet: the new start would be unknown */
         int del = 0;
         if (max_bytes && (hwm + 1 - k) * per_seg > max_bytes)
             del = 1;
@@ -1113,7 +1191,7 @@ int fq_retain(fq_queue *q, uint64_t max_bytes, int64_t max_age_ns, int consumed)
     int ok;
     uint64_t rseq = fq__seg_first(q, k, fp, &ok);
     if (!ok)
-        rseq = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+        return 0; /* (the loop only stops at a segment whose first record is complete) */
     fq__cas_max(&q->store->st_retain_seq, rseq, FQ_SEQCST);
     fq__cas_max(&q->store->st_retain_seg, k, FQ_SEQCST);
     int rc = fq_checkpoint(q); /* the checkpoint moves before any file goes */
@@ -1235,36 +1313,49 @@ static int fq__ckpt_valid(fq_queue *q, const struct fq_ckpt_shm *k)
  * temporary files of dead creators.  0 if none. */
 static int fq__scan_dir(fq_queue *q, uint64_t *lo, uint64_t *hi)
 {
-    int dfd = dup(q->dirfd);
-    if (dfd < 0)
-        return 0;
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return 0;
-    }
+    /* Two passes: the files that pass validation give the range; names of
+     * files that fail it count only near that range (a damaged segment is
+     * still a segment), so a stray name can never make the loops over
+     * segment numbers that follow run for 2^44 iterations. */
     int any = 0;
-    rewinddir(d);
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, "tmp.", 4) == 0) {
-            unlinkat(q->dirfd, de->d_name, 0);
-            continue;
+    for (int pass = 0; pass < 2; pass++) {
+        int dfd = dup(q->dirfd);
+        if (dfd < 0)
+            return any;
+        DIR *d = fdopendir(dfd);
+        if (!d) {
+            close(dfd);
+            return any;
         }
-        unsigned long long pos;
-        char ext[8];
-        if (strlen(de->d_name) != 24 || sscanf(de->d_name, "%20llu.%3s", &pos, ext) != 2 || strcmp(ext, "seg") != 0)
-            continue;
-        if (pos & FQ_SEG_MASK(q))
-            continue;
-        uint64_t k = pos >> q->seg_shift;
-        if (!any || k < *lo)
-            *lo = k;
-        if (!any || k > *hi)
-            *hi = k;
-        any = 1;
+        rewinddir(d);
+        uint64_t vlo = *lo, vhi = *hi;
+        int vany = any;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (pass == 0 && strncmp(de->d_name, "tmp.", 4) == 0) {
+                unlinkat(q->dirfd, de->d_name, 0);
+                continue;
+            }
+            unsigned long long pos;
+            char ext[8];
+            if (strlen(de->d_name) != 24 || sscanf(de->d_name, "%20llu.%3s", &pos, ext) != 2 ||
+                strcmp(ext, "seg") != 0 || (pos & FQ_SEG_MASK(q)))
+                continue;
+            uint64_t k = pos >> q->seg_shift;
+            int fd = openat(q->dirfd, de->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            int valid = fd >= 0 && fq__file_check(q, fd, k, FQ_H_SEGMENT);
+            if (fd >= 0)
+                close(fd);
+            if (pass == 0 ? !valid : (valid || !vany || k > vhi + 1 || k + ((uint64_t)1 << 20) < vlo))
+                continue;
+            if (!any || k < *lo)
+                *lo = k;
+            if (!any || k > *hi)
+                *hi = k;
+            any = 1;
+        }
+        closedir(d);
     }
-    closedir(d);
     return any;
 }
 
@@ -1368,7 +1459,8 @@ static int fq__resync(fq_queue *q, uint64_t at, uint64_t cs, uint64_t limit, int
      * record is the resynchronisation point (frames are written once and
      * never move). */
     uint64_t scan_end = have_x ? xp : seg_end;
-    for (uint64_t c = at + 8; c + FQ_FRAME_HDR <= scan_end && (int64_t)(limit - c) > 0; c += 8) {
+    uint32_t crc_tries = 0; /* crafted data could make every position look like a header */
+    for (uint64_t c = at + 8; c + FQ_FRAME_HDR <= scan_end && (int64_t)(limit - c) > 0 && crc_tries < 4096; c += 8) {
         const uint8_t *bp = fq__store_ptr(q, c, 0);
         if (!bp)
             break;
@@ -1377,6 +1469,7 @@ static int fq__resync(fq_queue *q, uint64_t at, uint64_t cs, uint64_t limit, int
         if (!(h->f_flags & FQ_FR_COMMITTED) || (kind != FQ_FR_DATA && kind != FQ_FR_GAP) ||
             (int64_t)(h->f_seq - cs) <= 0 || h->f_seq - cs > ((uint64_t)1 << 24))
             continue;
+        crc_tries++;
         if (fq__store_check(h, bp, seg_end - c)) {
             *ns = h->f_seq;
             *np = c;
@@ -1529,7 +1622,9 @@ static int fq__cold_recover(fq_queue *q, int policy, int full, fq_recovery_repor
                 if (x)
                     memset((void *)x, 0, sizeof *x);
             }
-            fq__store_gap(q, cs, ns - cs, at, np);
+            int grc = fq__store_gap(q, cs, ns - cs, at, np);
+            if (grc)
+                return grc;
             r->skipped += ns - cs;
             atomic_fetch_add_explicit(&q->store->st_skipped, ns - cs, FQ_RELAXED);
         }
