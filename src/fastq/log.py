@@ -187,7 +187,7 @@ def _flusher(ref: "weakref.ref[Log]", interval: float, stop: threading.Event) ->
             return
         try:
             if log._fsync == "interval":
-                log._ring._flush(None)
+                log._ring._flush(max(interval, 0.05))  # bounded: a stopped producer may hold the frontier
             if log._retention is not None and time.monotonic() >= next_retain:
                 log.retain()
                 next_retain = time.monotonic() + 1.0
