@@ -397,6 +397,64 @@ struct prod_arg {
     fq_queue *base;
 };
 
+/* PER records of producer id (key = id << 32 | i, first 8 payload bytes),
+ * once every thread is ready; flush: fq_flush every 256 records. */
+static void produce(fq_queue *q, int id, int flush)
+{
+    while (!atomic_load(&g_go))
+        ;
+    for (uint64_t i = 0; i < PER; i++) {
+        uint64_t key = ((uint64_t)id << 32) | i;
+        uint32_t len = 8 + (uint32_t)(fqt_mix(key) % 700);
+        uint64_t seq;
+        int rc;
+        while ((rc = fq_claim(q, &len, 1, &seq)) == FQ_FULL)
+            ;
+        if (rc != FQ_OK) {
+            FQT_ST(rc, FQ_OK);
+            break;
+        }
+        uint8_t *d = fq_payload(q, seq);
+        memcpy(d, &key, 8);
+        fqt_fill(d + 8, len - 8, key);
+        fq_commit(q, seq, 1);
+        if (flush && (i & 255) == 0)
+            FQT_ST(fq_flush(q, seq + 1, fq_now_ns() + 10000000000LL), FQ_OK);
+    }
+}
+
+/* Take and ack until every producer's PER records came (or 60 s): each one
+ * intact, in order per producer.  Returns how many came. */
+static uint64_t consume_all(fq_queue *q, uint32_t g)
+{
+    uint64_t next[NPROD] = {0}, got = 0;
+    int64_t until = fq_now_ns() + 60000000000LL;
+    while (got < (uint64_t)NPROD * PER && fq_now_ns() < until) {
+        fq_msg m[32];
+        uint32_t n;
+        int rc = fq_take(q, g, m, 32, 0, &n);
+        if (rc != FQ_OK) {
+            FQT_CHECK(rc == FQ_EMPTY || rc == FQ_STALLED);
+            continue;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t key;
+            memcpy(&key, m[i].data, 8);
+            int id = (int)(key >> 32);
+            if (id < 0 || id >= NPROD) {
+                FQT_CHECKM(0, "record %llu from unknown producer %d", (unsigned long long)m[i].seq, id);
+                return got;
+            }
+            FQT_EQ(key & 0xFFFFFFFFu, next[id]); /* per-producer FIFO */
+            next[id] = (key & 0xFFFFFFFFu) + 1;
+            FQT_CHECK(fqt_verify(m[i].data + 8, m[i].len - 8, key));
+        }
+        got += n;
+        FQT_ST(fq_ack(q, g, m, n), FQ_OK);
+    }
+    return got;
+}
+
 static void *producer(void *p)
 {
     struct prod_arg *a = p;
@@ -405,24 +463,7 @@ static void *producer(void *p)
         FQT_CHECK(!"open");
         return NULL;
     }
-    while (!atomic_load(&g_go))
-        ;
-    for (uint64_t i = 0; i < PER; i++) {
-        uint64_t key = ((uint64_t)a->id << 32) | i;
-        uint32_t len = 8 + (uint32_t)(fqt_mix(key) % 700);
-        uint64_t seq;
-        int rc;
-        while ((rc = fq_claim(&q, &len, 1, &seq)) == FQ_FULL)
-            ;
-        if (rc != FQ_OK) {
-            FQT_ST(rc, FQ_OK);
-            break;
-        }
-        uint8_t *d = fq_payload(&q, seq);
-        memcpy(d, &key, 8);
-        fqt_fill(d + 8, len - 8, key);
-        fq_commit(&q, seq, 1);
-    }
+    produce(&q, a->id, 0);
     fq_close(&q);
     return NULL;
 }
@@ -447,28 +488,7 @@ static void test_concurrent_producers(void)
         pthread_create(&th[i], NULL, producer, &args[i]);
     }
     atomic_store(&g_go, 1);
-    uint64_t next[NPROD] = {0}, got = 0;
-    int64_t until = fq_now_ns() + 60000000000LL;
-    while (got < (uint64_t)NPROD * PER && fq_now_ns() < until) {
-        fq_msg m[32];
-        uint32_t n;
-        int rc = fq_take(&q, g, m, 32, 0, &n);
-        if (rc != FQ_OK) {
-            FQT_CHECK(rc == FQ_EMPTY || rc == FQ_STALLED);
-            continue;
-        }
-        for (uint32_t i = 0; i < n; i++) {
-            uint64_t key;
-            memcpy(&key, m[i].data, 8);
-            int id = (int)(key >> 32);
-            FQT_REQUIRE(id >= 0 && id < NPROD);
-            FQT_EQ(key & 0xFFFFFFFFu, next[id]); /* per-producer FIFO */
-            next[id] = (key & 0xFFFFFFFFu) + 1;
-            FQT_CHECK(fqt_verify(m[i].data + 8, m[i].len - 8, key));
-        }
-        got += n;
-        FQT_ST(fq_ack(&q, g, m, n), FQ_OK);
-    }
+    uint64_t got = consume_all(&q, g);
     for (int i = 0; i < NPROD; i++)
         pthread_join(th[i], NULL);
     FQT_EQ(got, (uint64_t)NPROD * PER);
@@ -497,26 +517,7 @@ static void *clone_producer(void *p)
         FQT_CHECK(!"clone");
         return NULL;
     }
-    while (!atomic_load(&g_go))
-        ;
-    for (uint64_t i = 0; i < PER; i++) {
-        uint64_t key = ((uint64_t)a->id << 32) | i;
-        uint32_t len = 8 + (uint32_t)(fqt_mix(key) % 700);
-        uint64_t seq;
-        int rc;
-        while ((rc = fq_claim(&q, &len, 1, &seq)) == FQ_FULL)
-            ;
-        if (rc != FQ_OK) {
-            FQT_ST(rc, FQ_OK);
-            break;
-        }
-        uint8_t *d = fq_payload(&q, seq);
-        memcpy(d, &key, 8);
-        fqt_fill(d + 8, len - 8, key);
-        fq_commit(&q, seq, 1);
-        if ((i & 255) == 0)
-            FQT_ST(fq_flush(&q, seq + 1, fq_now_ns() + 10000000000LL), FQ_OK); /* flush lock shared too */
-    }
+    produce(&q, a->id, 1); /* with flushes: the flush lock is shared too */
     fq_leave(&q);
     close(q.lock_fd);
     for (uint32_t k = 0; k < FQ_SEGMAP; k++)
@@ -549,26 +550,7 @@ static void test_concurrent_clones(void)
         pthread_create(&th[i], NULL, clone_producer, &args[i]);
     }
     atomic_store(&g_go, 1);
-    uint64_t next[NPROD] = {0}, got = 0;
-    int64_t until = fq_now_ns() + 60000000000LL;
-    while (got < (uint64_t)NPROD * PER && fq_now_ns() < until) {
-        fq_msg m[32];
-        uint32_t n;
-        int rc = fq_take(&g_base, g, m, 32, 0, &n);
-        if (rc != FQ_OK)
-            continue;
-        for (uint32_t i = 0; i < n; i++) {
-            uint64_t key;
-            memcpy(&key, m[i].data, 8);
-            int id = (int)(key >> 32);
-            FQT_REQUIRE(id >= 0 && id < NPROD);
-            FQT_EQ(key & 0xFFFFFFFFu, next[id]);
-            next[id] = (key & 0xFFFFFFFFu) + 1;
-            FQT_CHECK(fqt_verify(m[i].data + 8, m[i].len - 8, key));
-        }
-        got += n;
-        FQT_ST(fq_ack(&g_base, g, m, n), FQ_OK);
-    }
+    uint64_t got = consume_all(&g_base, g);
     for (int i = 0; i < NPROD; i++)
         pthread_join(th[i], NULL);
     FQT_EQ(got, (uint64_t)NPROD * PER);

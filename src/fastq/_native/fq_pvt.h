@@ -7,6 +7,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "fq.h"
 
@@ -157,6 +158,29 @@ void fq__retention_jump(fq_queue *q, uint32_t g);
 int fq__store_dynamic_ok(fq_queue *q);
 int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p);
 int fq__attach(fq_queue *q, int fd, int64_t wait_ns);
+
+/* Copy a frame header out of a shared segment and check the copy (CRC over
+ * the payload included): callers use only what was checked.  The flags are
+ * loaded first with acquire (they are stored last, S3). */
+static inline int fq__store_read_hdr(const uint8_t *fr, uint64_t room, struct fq_frame_hdr *h)
+{
+    uint16_t fl = __atomic_load_n(&((const struct fq_frame_hdr *)fr)->f_flags, __ATOMIC_ACQUIRE);
+    memcpy(h, fr, sizeof *h);
+    h->f_flags = fl;
+    return fq__store_check(h, fr, room);
+}
+
+/* A message for a checked DATA frame at fr (header h). */
+static inline void fq__msg_from_frame(fq_msg *m, const struct fq_frame_hdr *h, const uint8_t *fr, unsigned deliveries)
+{
+    m->seq = h->f_seq;
+    m->data = fr + FQ_FRAME_HDR;
+    m->len = h->f_len - FQ_FRAME_HDR;
+    m->deliveries = deliveries;
+    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
+    m->ts_ns = h->f_ts_ns;
+    m->key_len = h->f_type >> 16;
+}
 
 /* Byte at log position pos: the ring arena, or the mapped segment. */
 static inline uint8_t *fq__at(fq_queue *q, uint64_t pos)

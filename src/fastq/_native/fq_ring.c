@@ -396,17 +396,10 @@ static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg
         /* fq_take just found it in the segment and checked it (CRC included):
          * a committed frame below the frontier never changes. */
         const uint8_t *fr = fq__at(q, q->rf_pos);
-        const struct fq_frame_hdr *h = &q->rf_hdr; /* the header as checked, never re-read */
         q->rf_pos = 0;
         if (!fr)
             return 0;
-        m->seq = seq;
-        m->data = fr + FQ_FRAME_HDR;
-        m->len = h->f_len - FQ_FRAME_HDR;
-        m->deliveries = deliveries;
-        m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
-        m->ts_ns = h->f_ts_ns;
-        m->key_len = h->f_type >> 16;
+        fq__msg_from_frame(m, &q->rf_hdr, fr, deliveries); /* the header as checked, never re-read */
         return 1;
     }
     if (fq__cw_published(cw, seq) && fq__cw_st(cw) == FQ_D_COMMITTED) {
@@ -422,21 +415,10 @@ static int fq__fill_store(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg
     uint64_t room = q->cap - (pos & q->cap_mask);
     if (!fr || room < FQ_FRAME_HDR)
         return 0;
-    struct fq_frame_hdr hc; /* checked as a local copy: a writer of the shared file cannot change it afterwards */
-    hc.f_flags = __atomic_load_n(&((const struct fq_frame_hdr *)fr)->f_flags, __ATOMIC_ACQUIRE);
-    uint16_t fl = hc.f_flags;
-    memcpy(&hc, fr, sizeof hc);
-    hc.f_flags = fl;
-    const struct fq_frame_hdr *h = &hc;
-    if (!fq__store_check(h, fr, room) || (h->f_flags & FQ_FR_KIND) != FQ_FR_DATA || h->f_seq != seq)
+    struct fq_frame_hdr h; /* checked as a local copy: a writer of the shared file cannot change it afterwards */
+    if (!fq__store_read_hdr(fr, room, &h) || (h.f_flags & FQ_FR_KIND) != FQ_FR_DATA || h.f_seq != seq)
         return 0;
-    m->seq = seq;
-    m->data = fr + FQ_FRAME_HDR;
-    m->len = h->f_len - FQ_FRAME_HDR;
-    m->deliveries = deliveries;
-    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
-    m->ts_ns = h->f_ts_ns;
-    m->key_len = h->f_type >> 16;
+    fq__msg_from_frame(m, &h, fr, deliveries);
     return 1;
 }
 

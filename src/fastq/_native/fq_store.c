@@ -461,11 +461,7 @@ static int fq__walk(fq_queue *q, uint64_t *cp, uint64_t limit, struct fq_frame_h
         const uint8_t *b = fq__store_ptr(q, *cp, 0);
         if (!b)
             return -1;
-        h->f_flags = __atomic_load_n(&((const struct fq_frame_hdr *)b)->f_flags, __ATOMIC_ACQUIRE);
-        uint16_t fl = h->f_flags;
-        memcpy(h, b, sizeof *h);
-        h->f_flags = fl;
-        if (!fq__store_check(h, b, room)) /* the local copy: what callers use is what was checked */
+        if (!fq__store_read_hdr(b, room, h))
             return -2;
         if ((h->f_flags & FQ_FR_KIND) == FQ_FR_PAD) {
             if (h->f_len != room)
@@ -835,13 +831,7 @@ int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
             continue;
         }
         c->seq += 1;
-        out->seq = h.f_seq;
-        out->data = fr + FQ_FRAME_HDR;
-        out->len = h.f_len - FQ_FRAME_HDR;
-        out->deliveries = 0;
-        out->ts_ns = h.f_ts_ns;
-        out->flags = (h.f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
-        out->key_len = h.f_type >> 16;
+        fq__msg_from_frame(out, &h, fr, 0);
         return FQ_OK;
     }
 }
