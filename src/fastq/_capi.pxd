@@ -1,5 +1,5 @@
 # _capi.pxd — declarations of the C core (src/fastq/_native/fq.h).  Only declarations.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int32_t
 
 cdef extern from "fq.h" nogil:
     ctypedef enum fq_status:
@@ -24,6 +24,7 @@ cdef extern from "fq.h" nogil:
         FQ_ERR_GROUPS
         FQ_ERR_RANGE
         FQ_ERR_DATA
+        FQ_ERR_BUSY
 
     ctypedef struct fq_params:
         uint64_t capacity
@@ -114,6 +115,21 @@ cdef extern from "fq.h" nogil:
     int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms)
     int fq_member_group(fq_queue *q, uint32_t g)
     int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char *name, char *dlq)
+    int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live)
+    ctypedef struct fq_member_info:
+        int32_t pid
+        uint32_t kind
+        uint32_t group
+        int bound
+        int alive
+        int64_t started_ns
+        int64_t heartbeat_ns
+        uint64_t puts
+        uint64_t gets
+        uint64_t acked
+        char name[32]
+    int fq_member_peek(fq_queue *q, uint32_t i, fq_member_info *out)
+    void fq_member_set_name(fq_queue *q, const char *name)
 
     uint64_t fq_tail_seq(fq_queue *q)
     uint64_t fq_qsize(fq_queue *q, uint32_t g)

@@ -25,6 +25,7 @@ from cpython.ref cimport Py_INCREF
 from . cimport _capi as N
 
 import errno as _errno
+import multiprocessing.process as _mp_process
 import os as _os
 import queue as _queue
 
@@ -87,7 +88,7 @@ cdef int _raise(int rc, str what=None) except -1:
         raise IncompatibleQueueError(msg)
     if rc == N.FQ_ERR_MEMBERS:
         raise FastqError("the queue's member table is full: " + msg)
-    if rc == N.FQ_ERR_GROUPS:
+    if rc == N.FQ_ERR_GROUPS or rc == N.FQ_ERR_BUSY:
         raise FastqError(msg)
     if rc == N.FQ_TIMEOUT:
         raise TimeoutError(msg)
@@ -175,6 +176,7 @@ cdef class Ring:
     cdef uint32_t _gets            # group gets since the last liveness scan
     cdef object __weakref__        # fork hook registry (fastq.queue._live)
     cdef public uint32_t _g_deadletters  # messages of the last _g_get over max_deliveries
+    cdef public object _member_name      # label of this handle's member slot (default: the process's name)
 
     def __cinit__(self, *args, **kwargs):
         self._mapped = False
@@ -424,6 +426,10 @@ cdef class Ring:
         rc = N.fq_join(&self.q, self._kind)
         if rc != N.FQ_OK:
             _raise(rc, "cannot register with the queue")
+        label = self._member_name
+        if label is None:
+            label = _mp_process.current_process().name
+        N.fq_member_set_name(&self.q, str(label).encode("utf-8", "replace")[:31])
         N.fq_maintain(&self.q, 1)
         return 0
 
@@ -911,6 +917,33 @@ cdef class Ring:
                 "window": c.window, "max_deliveries": c.max_deliveries,
                 "visibility_timeout": c.visibility_ms / 1000.0, "start": c.start_seq,
                 "backoff": (c.backoff[0], c.backoff[1], c.backoff[2], c.backoff[3])}
+
+    def _group_reset(self, str name, int start_kind, uint64_t start_seq, bint force):
+        """Re-create group ``name`` at another start; returns the number of
+        live consumers it had (only non-zero with force)."""
+        cdef uint32_t live = 0
+        self._ensure()
+        rc = N.fq_group_reset(&self.q, _encode_name(name), start_kind, start_seq, force, &live)
+        if rc == N.FQ_ERR_NOENT:
+            raise KeyError(f"no group named {name!r}")
+        if rc != N.FQ_OK:
+            _raise(rc)
+        return live
+
+    def _members(self):
+        """Lock-free snapshot of the member table: one dict per occupied slot."""
+        cdef N.fq_member_info mi
+        cdef uint32_t i
+        self._check_mapped()
+        out = []
+        for i in range(self.q.max_members):
+            if N.fq_member_peek(&self.q, i, &mi) != N.FQ_OK:
+                continue
+            out.append({"id": i, "pid": mi.pid, "kind": mi.kind, "group": mi.group if mi.bound else None,
+                        "alive": bool(mi.alive), "started": mi.started_ns / 1e9,
+                        "name": (<char *>mi.name).decode("utf-8", "replace"), "puts": mi.puts, "gets": mi.gets,
+                        "acked": mi.acked, "self": <int>i == self.q.member})
+        return out
 
     def _groups(self):
         """Indexes of the active groups."""

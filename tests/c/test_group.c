@@ -1472,6 +1472,143 @@ static void test_mt_create_race(void)
     fq_close(&q);
 }
 
+/* ---- reset (fastq groups NAME reset) and the lock-free monitoring reads ---- */
+static void test_reset(void)
+{
+    fq_queue q, c;
+    FQT_REQUIRE_ST(mklog(&q, 1 << 16, 4, 64, 256), FQ_OK);
+    uint32_t g, g2, live = 99;
+    FQT_ST(gopen(&q, "r", 64, 3, 0, &g), FQ_OK);
+    for (uint32_t i = 0; i < 20; i++)
+        FQT_ST(rec_put(&q, 40, i, NULL), FQ_OK);
+    FQT_ST(fq_group_reset(&q, "nope", FQ_START_EARLIEST, 0, 0, &live), FQ_ERR_NOENT);
+    /* a live consumer bound to the group: refused unless forced */
+    FQT_REQUIRE_ST(fqt_clone(&c, &q, FQ_M_KIND_CONSUMER), FQ_OK);
+    FQT_ST(fq_member_group(&c, g), FQ_OK);
+    fq_msg m;
+    FQT_ST(take1(&c, g, &m), FQ_OK);
+    FQT_EQ(m.seq, 0);
+    FQT_ST(fq_group_reset(&q, "r", FQ_START_SEQ, 10, 0, &live), FQ_ERR_BUSY);
+    FQT_EQ(live, 1);
+    FQT_EQ(glow(&q, g), 0); /* untouched */
+    /* out of range targets are refused before anything changes */
+    FQT_ST(fq_group_reset(&q, "r", FQ_START_SEQ, 21, 1, &live), FQ_ERR_RANGE);
+    FQT_ST(fq_group_find(&q, "r", &g2), FQ_OK);
+    FQT_EQ(g2, g);
+    uint32_t gen = atomic_load(&q.groups[g].g_gen);
+    FQT_ST(fq_group_reset(&q, "r", FQ_START_SEQ, 10, 1, &live), FQ_OK);
+    FQT_EQ(live, 1);
+    FQT_EQ(atomic_load(&q.groups[g].g_gen), gen + 1);
+    FQT_EQ(glow(&q, g), 10);
+    /* same settings, new generation: the old consumer's lease is gone and its handle sees the group deleted */
+    fq_group_cfg info;
+    char name[64], dlq[64];
+    FQT_ST(fq_group_info(&q, g, &info, name, dlq), FQ_OK);
+    FQT_CHECK(strcmp(name, "r") == 0);
+    FQT_EQ(info.max_deliveries, 3);
+    FQT_EQ(info.window, 64);
+    FQT_EQ(info.start_seq, 10);
+    FQT_ST(fq_ack(&c, g, &m, 1), FQ_ERR_LOST);
+    uint32_t n = 0;
+    FQT_ST(fq_take(&c, g, &m, 1, 0, &n), FQ_ERR_NOENT);
+    FQT_ST(take1(&q, g, &m), FQ_OK); /* the resetting handle itself stays bound */
+    FQT_EQ(m.seq, 10);
+    FQT_ST(fq_ack(&q, g, &m, 1), FQ_OK);
+    fqt_unclone(&c);
+    /* no consumer left: latest, then back to earliest */
+    FQT_ST(fq_group_reset(&q, "r", FQ_START_LATEST, 0, 0, &live), FQ_OK);
+    FQT_EQ(live, 0);
+    FQT_EQ(glow(&q, g), 20);
+    FQT_ST(fq_group_reset(&q, "r", FQ_START_EARLIEST, 0, 0, &live), FQ_OK);
+    FQT_EQ(glow(&q, g), atomic_load(&q.ctrl->c_floor_seq));
+    FQT_ST(take1(&q, g, &m), FQ_OK);
+    FQT_EQ(m.seq, glow(&q, g));
+    fq_close(&q);
+}
+
+struct rp_shared {
+    fq_queue *q;
+    _Atomic int stop;
+    _Atomic uint64_t reads, torn, members_seen;
+};
+/* Reads every group slot and member slot without locks while the main
+ * thread creates, resets and deletes groups: a copy is either refused or
+ * one consistent group (name and settings from the same creation). */
+static void *rp_monitor(void *p)
+{
+    struct rp_shared *s = p;
+    while (!atomic_load(&s->stop)) {
+        for (uint32_t g = 0; g < s->q->max_groups; g++) {
+            fq_group_cfg c;
+            char name[64], dlq[64];
+            if (fq_group_info(s->q, g, &c, name, dlq) != FQ_OK)
+                continue;
+            atomic_fetch_add(&s->reads, 1);
+            int a = strcmp(name, "alpha") == 0 && strcmp(dlq, "alpha.dlq") == 0 && c.max_deliveries == 3 &&
+                    c.window == 16 && c.visibility_ms == 1000 && c.backoff[0] == 11;
+            int b = strcmp(name, "beta-group") == 0 && dlq[0] == 0 && c.max_deliveries == 7 && c.window == 32 &&
+                    c.visibility_ms == 0 && c.backoff[0] == 22;
+            if (!a && !b && atomic_fetch_add(&s->torn, 1) < 3)
+                fprintf(stderr, "  torn group copy: name '%s' dlq '%s' maxd %u window %u\n", name, dlq,
+                        c.max_deliveries, c.window);
+        }
+        for (uint32_t i = 0; i < s->q->max_members; i++) {
+            fq_member_info mi;
+            if (fq_member_peek(s->q, i, &mi) == FQ_OK) {
+                atomic_fetch_add(&s->members_seen, 1);
+                if (mi.pid != (int32_t)getpid())
+                    atomic_fetch_add(&s->torn, 1);
+            }
+        }
+    }
+    return NULL;
+}
+static void test_mt_reset_peek(void)
+{
+    fq_queue q;
+    FQT_REQUIRE_ST(mklog(&q, 1 << 16, 3, 64, 256), FQ_OK);
+    fq_member_set_name(&q, "admin");
+    struct rp_shared s = {.q = &q};
+    pthread_t t;
+    pthread_create(&t, NULL, rp_monitor, &s);
+    fqt_rng r;
+    fqt_seed(&r, 7);
+    int64_t end = fq_now_ns() + (int64_t)(g_secs * 0.5e9);
+    uint64_t ops = 0;
+    while (fq_now_ns() < end) {
+        fq_group_cfg a = gcfg("alpha", 16, 3, 1000), b = gcfg("beta-group", 32, 7, 0);
+        a.dlq = "alpha.dlq";
+        a.backoff[0] = 11;
+        b.backoff[0] = 22;
+        uint32_t g, live;
+        int created;
+        /* alternate the creation order: each slot changes name and settings every round */
+        FQT_ST(fq_group_open(&q, ops & 1 ? &b : &a, &g, &created), FQ_OK);
+        FQT_ST(fq_group_open(&q, ops & 1 ? &a : &b, &g, &created), FQ_OK);
+        if (ops < 100) /* the groups never consume: keep the ring from filling */
+            FQT_ST(rec_put(&q, 32, ops, NULL), FQ_OK);
+        FQT_ST(fq_group_reset(&q, fqt_below(&r, 2) ? "alpha" : "beta-group", fqt_below(&r, 3), 0, 0, &live), FQ_OK);
+        FQT_ST(fq_group_delete(&q, fqt_below(&r, 2) ? "alpha" : "beta-group"), FQ_OK);
+        FQT_ST(fq_group_delete(&q, fq_group_find(&q, "alpha", &g) == FQ_OK ? "alpha" : "beta-group"), FQ_OK);
+        for (int i = 0; i < 50; i++) { /* slot 0 only: delete and re-create it as the other group */
+            FQT_ST(fq_group_open(&q, (ops + i) & 1 ? &b : &a, &g, &created), FQ_OK);
+            FQT_ST(fq_group_delete(&q, (ops + i) & 1 ? "beta-group" : "alpha"), FQ_OK);
+        }
+        ops++;
+    }
+    atomic_store(&s.stop, 1);
+    pthread_join(t, NULL);
+    printf("  %" PRIu64 " create/reset/delete rounds, %" PRIu64 " lock-free group reads, %" PRIu64
+           " member reads\n", ops, atomic_load(&s.reads), atomic_load(&s.members_seen));
+    FQT_EQ(atomic_load(&s.torn), 0);
+    FQT_CHECK(atomic_load(&s.reads) > 0 && atomic_load(&s.members_seen) > 0);
+    fq_member_info mi;
+    FQT_ST(fq_member_peek(&q, (uint32_t)q.member, &mi), FQ_OK);
+    FQT_CHECK(strcmp(mi.name, "admin") == 0);
+    FQT_CHECK(mi.alive);
+    fq_close(&q);
+}
+
 int main(int argc, char **argv)
 {
     fqt_prog = "test_group";
@@ -1497,5 +1634,7 @@ int main(int argc, char **argv)
     FQT_RUN(test_mt_retry_pending);
     FQT_RUN(test_mt_nack_not_forgotten);
     FQT_RUN(test_mt_create_race);
+    FQT_RUN(test_reset);
+    FQT_RUN(test_mt_reset_peek);
     return fqt_summary();
 }

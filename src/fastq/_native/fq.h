@@ -43,6 +43,7 @@ typedef enum fq_status {
     FQ_ERR_GROUPS = -14, /* group table full */
     FQ_ERR_RANGE = -15,  /* offset outside what the ring holds */
     FQ_ERR_DATA = -16,   /* a record failed its checksum (segment store) */
+    FQ_ERR_BUSY = -17,   /* refused: the group has live consumers */
 } fq_status;
 
 typedef struct fq_params {
@@ -172,7 +173,23 @@ int fq_group_delete(fq_queue *q, const char *name);
 int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns);
 int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms);
 int fq_member_group(fq_queue *q, uint32_t g);   /* this handle consumes (and counts acks) in group g */
-int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64]);
+int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64]); /* lock-free */
+int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live);
+
+/* A member slot as monitoring sees it (fq_member_peek: lock-free). */
+typedef struct fq_member_info {
+    int32_t pid;
+    uint32_t kind;          /* FQ_M_KIND_* bits */
+    uint32_t group;         /* the group it consumes in (valid if bound) */
+    int bound;              /* bound to the current generation of an active group */
+    int alive;              /* its process holds its lock (0: died, not recovered yet) */
+    int64_t started_ns;     /* CLOCK_REALTIME at join */
+    int64_t heartbeat_ns;   /* CLOCK_MONOTONIC of its last liveness scan */
+    uint64_t puts, gets, acked;
+    char name[32];
+} fq_member_info;
+int fq_member_peek(fq_queue *q, uint32_t i, fq_member_info *out);
+void fq_member_set_name(fq_queue *q, const char *name);
 
 /* A lock-free snapshot for monitoring (fields read independently, relaxed). */
 typedef struct fq_stats {

@@ -93,6 +93,91 @@ int fq_group_find(fq_queue *q, const char *name, uint32_t *g_out)
     return rc;
 }
 
+/* Initialise FREE slot g as group c (admin mutex held) and publish it
+ * ACTIVE.  clamp: a start offset below the oldest retained record starts
+ * there instead of failing (a reset, validated before the slot was freed). */
+static int fq__group_init(fq_queue *q, uint32_t g, const fq_group_cfg *c, uint32_t wlog, int clamp)
+{
+    int rc = FQ_OK;
+    size_t nl = strlen(c->name), dl = c->dlq ? strlen(c->dlq) : 0;
+    struct fq_group_shm *G = fq__group(q, g);
+    /* FREE slot: nobody reads its config or window; reset them */
+    for (uint64_t i = 0; i < q->window; i++) {
+        struct fq_lease_shm *L = &q->windows[(uint64_t)g * q->window + i];
+        atomic_store_explicit(&L->l_w, 0, FQ_RELAXED);
+        atomic_store_explicit(&L->l_deadline_ns, 0, FQ_RELAXED);
+    }
+    /* pairs with the acquire fence of fq_group_info: a reader that sees any
+     * byte written below also sees the slot FREE or its new generation */
+    atomic_thread_fence(FQ_RELEASE);
+    fq__name_store(G->g_name, sizeof G->g_name, c->name, nl);
+    fq__name_store(G->g_dlq, sizeof G->g_dlq, c->dlq ? c->dlq : "", dl);
+    FQ_CFG_STORE(G->g_flags, FQ_G_GATING);
+    FQ_CFG_STORE(G->g_window_log2, wlog);
+    FQ_CFG_STORE(G->g_max_deliveries, c->max_deliveries);
+    FQ_CFG_STORE(G->g_visibility_ms, c->visibility_ms);
+    for (int i = 0; i < 4; i++)
+        FQ_CFG_STORE(G->g_backoff[i], c->backoff[i]);
+    atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
+    atomic_store_explicit(&G->g_delivered, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_redelivered, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_expired, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_dead, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_nacked, 0, FQ_RELAXED);
+    atomic_store_explicit(&G->g_skipped, 0, FQ_RELAXED);
+    atomic_fetch_add_explicit(&G->g_gen, 1, FQ_RELAXED);
+    /* The oldest record a new group may start at: the ring's floor, or the
+     * store's retention start (the store keeps everything above it). */
+    uint64_t fs = q->durable ? atomic_load_explicit(&q->store->st_retain_seq, FQ_SEQCST)
+                             : atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
+    uint64_t ts = fq_tail_seq(q);
+    uint64_t L;
+    if (c->start == FQ_START_LATEST) {
+        L = ts;
+    } else if (c->start == FQ_START_SEQ) {
+        L = c->start_seq;
+        if ((int64_t)(L - ts) > 0) {
+            fq__set_err("start offset %llu is beyond the head of the log (%llu)", (unsigned long long)L,
+                        (unsigned long long)ts);
+            rc = FQ_ERR_RANGE;
+            goto out;
+        }
+    } else {
+        L = fs;
+    }
+    for (int publish = 1;; publish = 0) {
+        if ((int64_t)(L - fs) < 0) {
+            if (c->start == FQ_START_SEQ && !clamp) {
+                atomic_store_explicit(&G->g_state, FQ_G_FREE, FQ_SEQCST);
+                fq__set_err("start offset %llu is no longer in the ring (the oldest retained offset is %llu)",
+                            (unsigned long long)c->start_seq, (unsigned long long)fs);
+                rc = FQ_ERR_RANGE;
+                goto out;
+            }
+            L = fs;
+        }
+        FQ_CFG_STORE(G->g_start_seq, L);
+        atomic_store_explicit(&G->g_low, L, FQ_SEQCST);
+        atomic_store_explicit(&G->g_dispatch, L, FQ_RELAXED);
+        if (publish)
+            atomic_store_explicit(&G->g_state, FQ_G_ACTIVE, FQ_SEQCST); /* G1 */
+        FQ_CRASHPOINT("admin.after_active");
+        if (q->durable)
+            break; /* producers never overwrite the store: no floor to race */
+        uint64_t prop = atomic_load_explicit(&q->ctrl->c_floor_proposal, FQ_SEQCST);
+        fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
+        if ((int64_t)(prop - fs) > 0)
+            fs = prop; /* a refresher may be about to move the floor there */
+        if ((int64_t)(L - fs) >= 0)
+            break;
+    }
+    atomic_fetch_add_explicit(&q->ctrl->c_groups_epoch, 1, FQ_RELAXED);
+out:
+    return rc;
+}
+
 int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *created)
 {
     *created = 0;
@@ -142,78 +227,9 @@ int fq_group_open(fq_queue *q, const fq_group_cfg *c, uint32_t *g_out, int *crea
         rc = FQ_ERR_GROUPS;
         goto out;
     }
-    struct fq_group_shm *G = fq__group(q, g);
-    /* FREE slot: nobody reads its config or window; reset them */
-    for (uint64_t i = 0; i < q->window; i++) {
-        struct fq_lease_shm *L = &q->windows[(uint64_t)g * q->window + i];
-        atomic_store_explicit(&L->l_w, 0, FQ_RELAXED);
-        atomic_store_explicit(&L->l_deadline_ns, 0, FQ_RELAXED);
-    }
-    memset(G->g_name, 0, sizeof G->g_name);
-    memcpy(G->g_name, c->name, nl);
-    memset(G->g_dlq, 0, sizeof G->g_dlq);
-    if (dl)
-        memcpy(G->g_dlq, c->dlq, dl);
-    FQ_CFG_STORE(G->g_flags, FQ_G_GATING);
-    FQ_CFG_STORE(G->g_window_log2, wlog);
-    FQ_CFG_STORE(G->g_max_deliveries, c->max_deliveries);
-    FQ_CFG_STORE(G->g_visibility_ms, c->visibility_ms);
-    memcpy(G->g_backoff, c->backoff, sizeof G->g_backoff);
-    atomic_store_explicit(&G->g_acked, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_retry_pending, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
-    atomic_store_explicit(&G->g_delivered, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_redelivered, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_expired, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_dead, 0, FQ_RELAXED);
-    atomic_store_explicit(&G->g_nacked, 0, FQ_RELAXED);
-    atomic_fetch_add_explicit(&G->g_gen, 1, FQ_RELAXED);
-    /* The oldest record a new group may start at: the ring's floor, or the
-     * store's retention start (the store keeps everything above it). */
-    uint64_t fs = q->durable ? atomic_load_explicit(&q->store->st_retain_seq, FQ_SEQCST)
-                             : atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
-    uint64_t ts = fq_tail_seq(q);
-    uint64_t L;
-    if (c->start == FQ_START_LATEST) {
-        L = ts;
-    } else if (c->start == FQ_START_SEQ) {
-        L = c->start_seq;
-        if ((int64_t)(L - ts) > 0) {
-            fq__set_err("start offset %llu is beyond the head of the log (%llu)", (unsigned long long)L,
-                        (unsigned long long)ts);
-            rc = FQ_ERR_RANGE;
-            goto out;
-        }
-    } else {
-        L = fs;
-    }
-    for (int publish = 1;; publish = 0) {
-        if ((int64_t)(L - fs) < 0) {
-            if (c->start == FQ_START_SEQ) {
-                atomic_store_explicit(&G->g_state, FQ_G_FREE, FQ_SEQCST);
-                fq__set_err("start offset %llu is no longer in the ring (the oldest retained offset is %llu)",
-                            (unsigned long long)c->start_seq, (unsigned long long)fs);
-                rc = FQ_ERR_RANGE;
-                goto out;
-            }
-            L = fs;
-        }
-        G->g_start_seq = L;
-        atomic_store_explicit(&G->g_low, L, FQ_SEQCST);
-        atomic_store_explicit(&G->g_dispatch, L, FQ_RELAXED);
-        if (publish)
-            atomic_store_explicit(&G->g_state, FQ_G_ACTIVE, FQ_SEQCST); /* G1 */
-        FQ_CRASHPOINT("admin.after_active");
-        if (q->durable)
-            break; /* producers never overwrite the store: no floor to race */
-        uint64_t prop = atomic_load_explicit(&q->ctrl->c_floor_proposal, FQ_SEQCST);
-        fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
-        if ((int64_t)(prop - fs) > 0)
-            fs = prop; /* a refresher may be about to move the floor there */
-        if ((int64_t)(L - fs) >= 0)
-            break;
-    }
-    atomic_fetch_add_explicit(&q->ctrl->c_groups_epoch, 1, FQ_RELAXED);
+    rc = fq__group_init(q, g, c, wlog, 0);
+    if (rc != FQ_OK)
+        goto out;
     *created = 1;
     *g_out = g;
 out:
@@ -237,6 +253,7 @@ int fq_group_delete(fq_queue *q, const char *name)
         /* Takers of the group see it gone (FQ_ERR_NOENT); producers stop
          * counting its low at once (F1 reads ACTIVE groups only). */
         atomic_store_explicit(&fq__group(q, g)->g_state, FQ_G_FREE, FQ_SEQCST);
+        atomic_thread_fence(FQ_RELEASE); /* before any later rewrite of the slot (fq_group_info) */
         atomic_fetch_add_explicit(&q->ctrl->c_groups_epoch, 1, FQ_RELAXED);
         fq__ec_notify(&q->ctrl->c_space_ec);
         fq__ec_notify(&q->ctrl->c_data_ec);
@@ -321,30 +338,149 @@ int fq_member_group(fq_queue *q, uint32_t g)
     return fq__member_bind(q, g) ? FQ_OK : FQ_ERR_INVAL; /* its count belongs to a live other group */
 }
 
-/* A copy of an ACTIVE group's settings (validated sizes, NUL-terminated). */
+/* A copy of an ACTIVE group's settings, without a lock (monitoring reads
+ * it while producers, consumers and admins run): a seqlock over g_gen and
+ * g_state.  Read gen, then state (acquire: the config of that generation is
+ * visible), copy, acquire fence, read state and gen again; a slot deleted or
+ * re-created meanwhile changed one of them (creators store FREE, fence
+ * (release), then rewrite).  Handles need not be members. */
 int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64])
 {
-    if (g >= q->max_groups || q->member < 0)
+    if (g >= q->max_groups)
         return FQ_ERR_INVAL;
     struct fq_group_shm *G = fq__group(q, g);
-    if (!fq__admin_lock(q))
-        return FQ_TIMEOUT;
-    if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE) {
-        fq__admin_unlock(q);
-        return FQ_ERR_NOENT;
+    for (int tries = 0; tries < 1000; tries++) {
+        uint32_t gen = atomic_load_explicit(&G->g_gen, FQ_ACQUIRE);
+        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) != FQ_G_ACTIVE)
+            return FQ_ERR_NOENT;
+        fq__name_load(name, G->g_name, 64);
+        fq__name_load(dlq, G->g_dlq, 64);
+        memset(out, 0, sizeof *out);
+        out->name = name;
+        out->dlq = dlq;
+        out->window = (uint32_t)fq__gw(q, g);
+        out->max_deliveries = FQ_CFG_LOAD(G->g_max_deliveries);
+        out->visibility_ms = FQ_CFG_LOAD(G->g_visibility_ms);
+        out->start_seq = FQ_CFG_LOAD(G->g_start_seq);
+        for (int i = 0; i < 4; i++)
+            out->backoff[i] = FQ_CFG_LOAD(G->g_backoff[i]);
+        atomic_thread_fence(FQ_ACQUIRE);
+        if (atomic_load_explicit(&G->g_state, FQ_RELAXED) == FQ_G_ACTIVE &&
+            atomic_load_explicit(&G->g_gen, FQ_RELAXED) == gen)
+            return FQ_OK;
     }
-    memcpy(name, G->g_name, 63);
-    name[63] = 0;
-    memcpy(dlq, G->g_dlq, 63);
-    dlq[63] = 0;
-    memset(out, 0, sizeof *out);
-    out->name = name;
-    out->dlq = dlq;
-    out->window = (uint32_t)fq__gw(q, g);
-    out->max_deliveries = G->g_max_deliveries;
-    out->visibility_ms = G->g_visibility_ms;
-    out->start_seq = G->g_start_seq;
-    memcpy(out->backoff, G->g_backoff, sizeof out->backoff);
+    return FQ_TIMEOUT; /* re-created a thousand times while we read: let the caller retry */
+}
+
+/* Live consumers bound to the current generation of group g, other than
+ * this handle (a member whose process died is not counted). */
+static uint32_t fq__live_consumers(fq_queue *q, uint32_t g)
+{
+    uint32_t n = 0, gen = atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_ACQUIRE);
+    for (uint32_t i = 0; i < q->max_members; i++) {
+        struct fq_member_shm *m = &q->members[i];
+        if ((int)i != q->member && atomic_load_explicit(&m->m_state, FQ_ACQUIRE) == FQ_M_ALIVE &&
+            (FQ_CFG_LOAD(m->m_kind) & FQ_M_KIND_CONSUMER) && FQ_CFG_LOAD(m->m_group) == g &&
+            FQ_CFG_LOAD(m->m_group_gen) == gen && fq_member_alive(q, i))
+            n++;
+    }
+    return n;
+}
+
+/* Move group `name` to another start (earliest, latest, an offset), like
+ * Kafka's --reset-offsets.  The group is re-created in its slot with the same
+ * settings (a new generation): leases, retries and counters start afresh;
+ * consumers still attached see the group as deleted (FastqError) and must
+ * attach again.  Refused (FQ_ERR_BUSY, *live set) while consumers are alive
+ * unless force.  The target is validated before the slot is freed; if the
+ * oldest retained record moves past it meanwhile, the group starts there. */
+int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live)
+{
+    *live = 0;
+    if (q->member < 0 || start > FQ_START_SEQ)
+        return FQ_ERR_INVAL;
+    if (!fq__admin_lock(q)) {
+        fq__set_err("the queue's group admin lock is held by a live process");
+        return FQ_TIMEOUT;
+    }
+    uint32_t g;
+    int rc = fq__group_find_locked(q, name, &g);
+    if (rc != FQ_OK) {
+        fq__set_err("no group named '%s'", name);
+        goto out;
+    }
+    struct fq_group_shm *G = fq__group(q, g);
+    *live = fq__live_consumers(q, g);
+    if (*live && !force) {
+        fq__set_err("group '%s' has %u live consumer(s): stop them first, or force", name, *live);
+        rc = FQ_ERR_BUSY;
+        goto out;
+    }
+    if (start == FQ_START_SEQ) {
+        uint64_t fs = q->durable ? atomic_load_explicit(&q->store->st_retain_seq, FQ_SEQCST)
+                                 : atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_SEQCST);
+        uint64_t ts = fq_tail_seq(q);
+        if ((int64_t)(start_seq - ts) > 0 || (int64_t)(start_seq - fs) < 0) {
+            fq__set_err("offset %llu is outside the log (%llu .. %llu)", (unsigned long long)start_seq,
+                        (unsigned long long)fs, (unsigned long long)ts);
+            rc = FQ_ERR_RANGE;
+            goto out;
+        }
+    }
+    char nm[64], dq[64];
+    fq__name_load(nm, G->g_name, sizeof nm);
+    fq__name_load(dq, G->g_dlq, sizeof dq);
+    fq_group_cfg c = {.name = nm, .dlq = dq, .max_deliveries = FQ_CFG_LOAD(G->g_max_deliveries),
+                      .visibility_ms = FQ_CFG_LOAD(G->g_visibility_ms), .start = start, .start_seq = start_seq};
+    for (int i = 0; i < 4; i++)
+        c.backoff[i] = FQ_CFG_LOAD(G->g_backoff[i]);
+    uint32_t wlog = FQ_CFG_LOAD(G->g_window_log2);
+    atomic_store_explicit(&G->g_state, FQ_G_FREE, FQ_SEQCST);
+    atomic_thread_fence(FQ_RELEASE);
+    FQ_CRASHPOINT("admin.reset_freed");
+    rc = fq__group_init(q, g, &c, wlog, 1);
+    fq__member_bind(q, g); /* best effort, as at create: the resetting handle may consume */
+    fq__ec_notify(&q->ctrl->c_space_ec); /* the floor may move (a group went forward) */
+    fq__ec_notify(&q->ctrl->c_data_ec);  /* consumers re-check their group */
+out:
     fq__admin_unlock(q);
+    return rc;
+}
+
+/* A lock-free copy of member slot i (FQ_ERR_NOENT: free).  `alive` probes
+ * the slot's lock: 0 when its process died and recovery has not run yet. */
+int fq_member_peek(fq_queue *q, uint32_t i, fq_member_info *out)
+{
+    memset(out, 0, sizeof *out);
+    if (i >= q->max_members)
+        return FQ_ERR_INVAL;
+    struct fq_member_shm *m = &q->members[i];
+    if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_ALIVE)
+        return FQ_ERR_NOENT;
+    out->pid = FQ_CFG_LOAD(m->m_pid);
+    out->kind = FQ_CFG_LOAD(m->m_kind);
+    out->started_ns = FQ_CFG_LOAD(m->m_started_ns);
+    fq__name_load(out->name, m->m_name, sizeof out->name);
+    out->group = FQ_CFG_LOAD(m->m_group);
+    uint32_t gen = FQ_CFG_LOAD(m->m_group_gen);
+    out->bound = gen != 0 && out->group < q->max_groups &&
+                 gen == atomic_load_explicit(&fq__group(q, out->group)->g_gen, FQ_RELAXED) &&
+                 atomic_load_explicit(&fq__group(q, out->group)->g_state, FQ_RELAXED) == FQ_G_ACTIVE;
+    out->heartbeat_ns = (int64_t)atomic_load_explicit(&m->m_heartbeat_ns, FQ_RELAXED);
+    out->puts = atomic_load_explicit(&m->m_puts, FQ_RELAXED);
+    out->gets = atomic_load_explicit(&m->m_gets, FQ_RELAXED);
+    out->acked = atomic_load_explicit(&m->m_ack_word, FQ_RELAXED) >> 1;
+    out->alive = fq__probe_lock(q, i) != 0;
+    /* the slot was left and re-joined while we read: report it free */
+    if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_ALIVE || FQ_CFG_LOAD(m->m_pid) != out->pid)
+        return FQ_ERR_NOENT;
     return FQ_OK;
+}
+
+/* Label this handle's member slot (shown by `fastq stat`). */
+void fq_member_set_name(fq_queue *q, const char *name)
+{
+    if (q->member >= 0)
+        fq__name_store(q->members[q->member].m_name, sizeof q->members[q->member].m_name, name,
+                       strnlen(name, sizeof q->members[q->member].m_name - 1));
 }

@@ -109,10 +109,11 @@ int fq_join(fq_queue *q, uint32_t kind)
             fq__lock_byte(q->lock_fd, i, F_UNLCK);
             continue;
         }
-        m->m_kind = kind;
-        m->m_pid = (int32_t)getpid();
-        m->m_started_ns = fq_realtime_ns();
-        memset(m->m_name, 0, sizeof m->m_name);
+        /* relaxed atomics: fq_member_peek reads these without a lock */
+        FQ_CFG_STORE(m->m_kind, kind);
+        FQ_CFG_STORE(m->m_pid, (int32_t)getpid());
+        FQ_CFG_STORE(m->m_started_ns, fq_realtime_ns());
+        fq__name_store(m->m_name, sizeof m->m_name, "", 0);
         atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);

@@ -97,6 +97,23 @@ static inline struct fq_group_shm *fq__group(fq_queue *q, uint32_t g) { return &
  * window_max (a hostile value can shrink a window, never overrun it). */
 #define FQ_CFG_LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 #define FQ_CFG_STORE(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+/* Shared names (g_name, g_dlq, m_name) are written and read with relaxed
+ * byte atomics: writers hold the admin mutex (or own the member slot),
+ * readers (fq_group_info, fq_member_peek) take no lock and reject a torn copy
+ * by re-checking the slot's generation afterwards (a seqlock). */
+static inline void fq__name_store(char *dst, size_t cap, const char *src, size_t n)
+{
+    for (size_t i = 0; i < cap; i++)
+        __atomic_store_n(&dst[i], i < n ? src[i] : 0, __ATOMIC_RELAXED);
+}
+
+static inline void fq__name_load(char *dst, const char *src, size_t cap)
+{
+    for (size_t i = 0; i + 1 < cap; i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    dst[cap - 1] = 0;
+}
+
 static inline uint64_t fq__gw(fq_queue *q, uint32_t g)
 {
     uint32_t l = FQ_CFG_LOAD(fq__group(q, g)->g_window_log2);

@@ -915,7 +915,7 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
     for (uint32_t i = 0; i < q->max_members; i++)
         if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE) {
             st->members_alive++;
-            if (FQ_CFG_LOAD(q->members[i].m_group) == g && (q->members[i].m_kind & FQ_M_KIND_CONSUMER))
+            if (FQ_CFG_LOAD(q->members[i].m_group) == g && (FQ_CFG_LOAD(q->members[i].m_kind) & FQ_M_KIND_CONSUMER))
                 st->consumers++;
         }
 }

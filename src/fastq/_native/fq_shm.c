@@ -70,6 +70,7 @@ const char *fq_strerror(int st)
     case FQ_ERR_GROUPS: return "group table full";
     case FQ_ERR_RANGE: return "offset out of range";
     case FQ_ERR_DATA: return "record checksum mismatch";
+    case FQ_ERR_BUSY: return "busy";
     default: return "unknown error";
     }
 }
