@@ -401,6 +401,49 @@ cdef class Ring:
                         PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
         return out, c.seq, c.pos
 
+    def _peek_batch(self, uint64_t seq, uint32_t maxn):
+        """Up to maxn records of a shared-memory ring from offset seq on,
+        read without a group (nothing is leased, nobody waits for us):
+        ([(offset, timestamp_ns, key, data)], next_seq, overwritten), where
+        overwritten counts records that were gone (below the ring's floor)
+        by the time we got to them."""
+        cdef N.fq_msg m
+        cdef uint64_t floor = 0, overwritten = 0
+        cdef uint32_t cap, k
+        cdef uint8_t *buf
+        cdef list out = []
+        cdef int rc
+        self._check_mapped()
+        if self.q.durable:
+            raise ValueError("_peek_batch reads shared-memory rings; use _read_batch for durable logs")
+        cap = self.q.max_frame
+        buf = <uint8_t *>malloc(cap)
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            while <uint32_t>len(out) < maxn:
+                rc = N.fq_peek(&self.q, seq, buf, cap, &m, &floor)
+                if rc == N.FQ_OK:
+                    k = m.key_len
+                    out.append((m.seq, m.ts_ns,
+                                PyBytes_FromStringAndSize(<const char *>m.data, k) if m.flags & N.FQ_MSG_KEY else None,
+                                PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
+                    seq += 1
+                elif rc == N.FQ_ERR_LOST:
+                    seq += 1  # a dead producer's gap: no record
+                elif rc == N.FQ_ERR_RANGE:
+                    if <int64_t>(floor - seq) <= 0:
+                        floor = seq + 1  # overwritten while copied, floor not yet visible: step over it
+                    overwritten += floor - seq
+                    seq = floor
+                elif rc == N.FQ_EMPTY:
+                    break
+                else:
+                    _raise(rc, f"reading record {seq}")
+        finally:
+            free(buf)
+        return out, seq, overwritten
+
     def _verify(self):
         """CRC-check every retained record: (records, None) or raises CorruptRecordError."""
         cdef uint64_t recs = 0, bad = 0

@@ -165,6 +165,8 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
 int fq_ack(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);
 int fq_dead(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n);   /* finish as dead-lettered */
 int fq_ack_n(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, uint32_t *acked); /* fq_ack + how many */
+/* Copy record seq of a ring without a group (monitoring; see fq_ring.c). */
+int fq_peek(fq_queue *q, uint64_t seq, uint8_t *buf, uint32_t cap, fq_msg *out, uint64_t *floor);
 
 /* groups (fq_group.c) */
 int fq_group_open(fq_queue *q, const fq_group_cfg *cfg, uint32_t *g_out, int *created);

@@ -919,3 +919,59 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
                 st->consumers++;
         }
 }
+
+/* Copy record `seq` of a shared-memory ring without joining any group or
+ * holding any lease (`fastq tail`): invisible to producers and consumers.
+ * Nothing gates a reader that is not a group, so producers may overwrite the
+ * record while we copy it; the copy is validated afterwards, seqlock style:
+ * acquire fence, then the descriptor must still describe `seq` and the
+ * reclaim floor must not have passed it (producers only write below
+ * c_floor_pos, which moves after c_floor_seq, F2; c_floor_proposal is raised
+ * even earlier, F0, and is checked too).  A torn copy is never returned.
+ *   FQ_OK         *out describes the copy in buf (key first, as fq_take)
+ *   FQ_EMPTY      seq is not committed yet (at or past the tail, or being written)
+ *   FQ_ERR_RANGE  seq is below the floor (overwritten); *floor = the oldest record
+ *   FQ_ERR_LOST   seq is a gap left by a dead producer: there is no record
+ *   FQ_ERR_TOO_BIG  buf is smaller than the record (out->len = its size) */
+int fq_peek(fq_queue *q, uint64_t seq, uint8_t *buf, uint32_t cap, fq_msg *out, uint64_t *floor)
+{
+    if (q->durable)
+        return FQ_ERR_INVAL;
+    uint64_t fs = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE);
+    *floor = fs;
+    if ((int64_t)(seq - fs) < 0)
+        return FQ_ERR_RANGE;
+    struct fq_desc_shm *d = fq__desc(q, seq);
+    uint64_t cw = atomic_load_explicit(&d->d_cw, FQ_ACQUIRE);
+    if (!fq__cw_published(cw, seq) || fq__cw_st(cw) == FQ_D_WRITING)
+        return FQ_EMPTY;
+    if (fq__cw_st(cw) != FQ_D_COMMITTED)
+        return FQ_ERR_LOST;
+    uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
+    struct fq_frame_hdr h;
+    int shape_ok = !(pos & 7u) && (pos & q->cap_mask) + FQ_FRAME_HDR <= q->cap;
+    if (shape_ok) {
+        memcpy(&h, q->arena + (pos & q->cap_mask), sizeof h);
+        shape_ok = h.f_seq == seq && h.f_len >= FQ_FRAME_HDR && h.f_len <= q->max_frame &&
+                   (pos & q->cap_mask) + h.f_len <= q->cap && (h.f_type >> 16) <= h.f_len - FQ_FRAME_HDR;
+    }
+    uint32_t len = shape_ok ? h.f_len - FQ_FRAME_HDR : 0;
+    if (shape_ok && len <= cap)
+        memcpy(buf, q->arena + (pos & q->cap_mask) + FQ_FRAME_HDR, len);
+    atomic_thread_fence(FQ_ACQUIRE);
+    uint64_t fs2 = atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_RELAXED);
+    uint64_t fp2 = atomic_load_explicit(&q->ctrl->c_floor_proposal, FQ_RELAXED);
+    if (atomic_load_explicit(&d->d_cw, FQ_RELAXED) != cw || (int64_t)(seq - fs2) < 0 || (int64_t)(seq - fp2) < 0) {
+        *floor = (int64_t)(fp2 - fs2) > 0 ? fp2 : fs2;
+        return FQ_ERR_RANGE; /* overwritten while we copied */
+    }
+    if (!shape_ok) {
+        fq__set_err("record %llu has a damaged frame header", (unsigned long long)seq);
+        return FQ_ERR_CORRUPT;
+    }
+    fq__msg_from_frame(out, &h, q->arena, 0);
+    out->data = buf;
+    if (len > cap)
+        return FQ_ERR_TOO_BIG;
+    return FQ_OK;
+}
