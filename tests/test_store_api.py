@@ -1199,7 +1199,8 @@ def test_durable_only_api_on_a_shared_memory_log():
     name = "tsa-" + uuid.uuid4().hex
     log = fastq.open(name, capacity=1 << 16)
     try:
-        for call, what in ((lambda: list(log.read()), "read"), (log.verify, "verify"), (log.retain, "retain"),
+        for call, what in ((lambda: list(log.read(dt.datetime.now())), "read(start=datetime)"), (log.verify, "verify"),
+                           (log.retain, "retain"),
                            (log.checkpoint, "checkpoint"),
                            (lambda: log.group("g", start=dt.datetime.now()), "start=datetime")):
             with pytest.raises(ValueError, match=re.escape(what) + r".*durable"):

@@ -973,6 +973,16 @@ cdef class Ring:
             _raise(rc)
         return live
 
+    def _finished(self, uint32_t g, uint64_t seq):
+        """Is record seq finished (acked, dead-lettered, skipped) in group g?"""
+        self._check_mapped()
+        return bool(N.fq_finished(&self.q, g, seq))
+
+    def _leases_held(self, uint32_t g, uint32_t member):
+        """Leases member slot `member` holds in group g now."""
+        self._check_mapped()
+        return N.fq_leases_held(&self.q, g, member)
+
     def _members(self):
         """Lock-free snapshot of the member table: one dict per occupied slot."""
         cdef N.fq_member_info mi
@@ -982,7 +992,7 @@ cdef class Ring:
         for i in range(self.q.max_members):
             if N.fq_member_peek(&self.q, i, &mi) != N.FQ_OK:
                 continue
-            out.append({"id": i, "pid": mi.pid, "kind": mi.kind, "group": mi.group if mi.bound else None,
+            out.append({"id": i, "pid": mi.pid, "leases": N.fq_leases_held(&self.q, mi.group, i) if mi.bound else 0, "kind": mi.kind, "group": mi.group if mi.bound else None,
                         "alive": bool(mi.alive), "started": mi.started_ns / 1e9,
                         "name": (<char *>mi.name).decode("utf-8", "replace"), "puts": mi.puts, "gets": mi.gets,
                         "acked": mi.acked, "self": <int>i == self.q.member})

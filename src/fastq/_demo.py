@@ -1,23 +1,36 @@
-"""``python -m fastq demo``: one producer and N worker processes share a queue.
+"""``python -m fastq demo``: one producer and N worker processes in a consumer
+group; midway one worker is killed with SIGKILL and its leases are
+redelivered to the others.
 
-The producer sends numbered messages whose payload carries its own checksum;
-each worker verifies every payload and reports, per batch, how many it saw,
-the sum of their numbers and the count of bad checksums on a second queue.
-The parent draws a progress bar and ends with a summary: messages/s, lost
-(expected minus received), duplicated and corrupt — all must be 0.
+The producer appends numbered messages whose payload carries its own CRC.
+Each worker leases batches, checks every CRC, counts every message number it
+processed in a shared array (processing = incrementing the count), then acks
+the batch.  A worker killed between processing and ack leaves its leases to
+the group, which redelivers them: those messages are processed twice
+(at-least-once), none is lost.  The parent draws a progress line from the
+log's lock-free stats (rate, lag, pending leases) and ends with a summary
+checked against the array: lost = messages never processed (must be 0),
+corrupt = bad CRCs (must be 0), and the sum of the processed message numbers.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
+import signal
 import struct
 import sys
 import time
 import zlib
-from typing import Optional
+from multiprocessing import shared_memory
+from typing import Any, Dict, List, Optional
 
-from .queue import Queue
+import numpy as np
+
+from . import log as _log
 
 _HDR = struct.Struct("<QI")  # message number, crc32 of the filler
+GROUP = "demo"
 
 
 def _payload(i: int, size: int) -> bytes:
@@ -25,102 +38,165 @@ def _payload(i: int, size: int) -> bytes:
     return _HDR.pack(i, zlib.crc32(filler)) + filler
 
 
-def _producer(q: Queue, n: int, size: int, batch: int) -> None:
+def _producer(name: str, durable: bool, n: int, size: int, batch: int) -> None:
+    log = _log.open(name, durable=durable)
     i = 0
     while i < n:
         k = min(batch, n - i)
-        if k == 1:
-            q.put(_payload(i, size))
-        else:
-            q.put_many([_payload(j, size) for j in range(i, i + k)])
+        log.append_many([_payload(j, size) for j in range(i, i + k)])
         i += k
+    log.close()
 
 
-def _worker(q: Queue, results: Queue, batch: int) -> None:
-    while True:
-        msgs = q.get_many(batch) if batch > 1 else [q.get()]
-        count = total = bad = stops = 0
-        for m in msgs:
-            if m == b"STOP":
-                stops += 1
-                continue
-            i, crc = _HDR.unpack_from(m)
-            if zlib.crc32(memoryview(m)[_HDR.size:]) != crc:
-                bad += 1
-            count += 1
-            total += i
-        if count:
-            results.put((count, total, bad))
-        if stops:
-            for _ in range(stops - 1):  # one STOP per worker: hand back the others
-                q.put(b"STOP")
-            results.put(None)
-            return
+def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: int, stop: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    shm = shared_memory.SharedMemory(shm_name)
+    seen = np.ndarray((n + 1,), dtype=np.uint16, buffer=shm.buf)  # seen[n] = corrupt count of this run
+    log = _log.open(name, durable=durable)
+    c = log.group(GROUP).consumer(f"worker-{index}")
+    try:
+        while not stop.is_set():
+            msgs = c.get_many(batch, timeout=0.1)
+            for m in msgs:
+                data = m.data
+                i, crc = _HDR.unpack_from(data)
+                if zlib.crc32(memoryview(data)[_HDR.size:]) != crc or i >= n:
+                    seen[n] += 1
+                else:
+                    seen[i] += 1
+            if msgs:
+                c.ack(msgs)
+    finally:
+        c.close()
+        log.close()
+        del seen
+        shm.close()
 
 
-def _bar(done: int, n: int, t0: float, width: int = 32) -> str:
-    frac = done / n if n else 1.0
-    fill = int(frac * width)
-    rate = done / max(time.perf_counter() - t0, 1e-9)
-    return f"\r[{'#' * fill}{'.' * (width - fill)}] {done:>{len(str(n))}}/{n} {rate / 1e6:6.2f} M msg/s"
+def _line(done: int, n: int, rate: float, g: Dict[str, Any], note: str = "", width: int = 28) -> str:
+    fill = int(done / n * width) if n else width
+    return (f"\r[{'#' * fill}{'.' * (width - fill)}] {done:>{len(f'{n:,}')},}/{n:,}  {rate / 1e6:5.2f} M msg/s  "
+            f"lag {g['lag']:>9,}  pending {g['pending']:>5,}  redelivered {g['redelivered']:>5,}{note}")
 
 
-def run_demo(messages: int, workers: int, size: int, batch: int, name: Optional[str] = None) -> int:
+def run_demo(messages: int, workers: int, size: int, batch: int, durable: Optional[str] = None,
+             kill: bool = True, as_json: bool = False) -> int:
     if messages < 1 or workers < 1 or batch < 1:
         raise ValueError("--messages, --workers and --batch must be >= 1")
-    if size < _HDR.size + 4:
-        raise ValueError(f"--size must be >= {_HDR.size + 4}")
+    if kill and workers < 2:
+        raise ValueError("--workers must be >= 2 to kill one midway (or pass --no-kill)")
+    if size < _HDR.size + 4 or size > (1 << 20):
+        raise ValueError(f"--size must be between {_HDR.size + 4} and 1 MiB")
+    if messages >= 1 << 32:
+        raise ValueError("--messages must be below 2**32")
+    if durable is not None:
+        if os.path.exists(durable) and os.listdir(durable):
+            raise ValueError(f"--durable {durable!r} is not empty: give a new or empty directory")
+        name, is_durable = durable, True
+        log = _log.open(name, durable=True, fsync="interval")
+        where = f"durable log {durable!r} (fsync every 50 ms)"
+    else:
+        name, is_durable = f"fastq-demo-{os.getpid()}", False
+        log = _log.open(name, capacity=max(64 << 20, 16 * batch * (size + 64)))
+        where = f"shared-memory log {name!r}"
+    out = sys.stderr
     ctx = mp.get_context("spawn")
-    capacity = max(64 << 20, 8 * (size + 64))
-    q = Queue(capacity=capacity, serializer=None, name=name)
-    results = Queue()
+    shm = shared_memory.SharedMemory(create=True, size=(messages + 1) * 2)
+    seen = np.ndarray((messages + 1,), dtype=np.uint16, buffer=shm.buf)
+    seen[:] = 0
+    stop = ctx.Event()
+    procs: List[Any] = []
     try:
-        print(f"fastq demo: 1 producer -> {workers} workers, {messages:,} messages of {size} B, "
-              f"batches of {batch}, spawned processes", file=sys.stderr)
-        procs = [ctx.Process(target=_worker, args=(q, results, batch), daemon=True) for _ in range(workers)]
+        log.group(GROUP, visibility_timeout=60.0, max_deliveries=16)
+        print(f"fastq demo: {where}; 1 producer -> {workers} worker processes in group {GROUP!r}; "
+              f"{messages:,} messages of {size} B" + ("; one worker is killed (SIGKILL) midway" if kill else ""),
+              file=out)
+        procs = [ctx.Process(target=_worker, args=(name, is_durable, shm.name, messages, batch, k, stop), daemon=True)
+                 for k in range(workers)]
         for p in procs:
             p.start()
-        producer = ctx.Process(target=_producer, args=(q, messages, size, batch), daemon=True)
+        producer = ctx.Process(target=_producer, args=(name, is_durable, messages, size, batch), daemon=True)
         t0 = time.perf_counter()
         producer.start()
-        received = total = bad = 0
-        finished = 0
+        killed: Optional[Dict[str, Any]] = None
+        note = ""
         last_draw = 0.0
-        stops_sent = False
-        while finished < workers:
-            item = results.get(timeout=60)
-            if item is None:
-                finished += 1
-                continue
-            c, s, b = item
-            received += c
-            total += s
-            bad += b
+        deadline = time.monotonic() + 600
+        while True:
+            st = log.stats()
+            g = st["groups"][GROUP]
+            done = g["low"]
             now = time.perf_counter()
-            if now - last_draw > 0.1:
-                print(_bar(received, messages, t0), end="", file=sys.stderr, flush=True)
+            if kill and killed is None and done >= messages // 2:
+                victim = procs[0]
+                held = _held_by(log, victim.pid)
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.join(10)
+                killed = {"pid": victim.pid, "at": done, "leases_held": held}
+                note = f"  << kill -9 worker-0 (pid {victim.pid}, holding {held} leases)"
+                print(_line(done, messages, done / max(now - t0, 1e-9), g, note), file=out)
+                note = ""
+            if now - last_draw > 0.1 or done >= messages:
+                print(_line(done, messages, done / max(now - t0, 1e-9), g, note), end="", file=out, flush=True)
                 last_draw = now
-            if received >= messages and not stops_sent:
-                for _ in range(workers):
-                    q.put(b"STOP")
-                stops_sent = True
-            if not stops_sent and not producer.is_alive() and producer.exitcode not in (0, None):
+            if done >= messages:
+                break
+            if producer.exitcode not in (None, 0):
                 raise RuntimeError(f"producer died with exit code {producer.exitcode}")
+            if all(not p.is_alive() for p in procs):
+                raise RuntimeError("every worker died")
+            if time.monotonic() > deadline:
+                raise RuntimeError("demo did not finish in 10 minutes")
+            time.sleep(0.02)
         elapsed = time.perf_counter() - t0
-        print(_bar(received, messages, t0), file=sys.stderr)
-        producer.join(10)
+        print(file=out)
+        stop.set()
+        producer.join(30)
         for p in procs:
-            p.join(10)
-        expected_sum = messages * (messages - 1) // 2
-        lost = max(messages - received, 0)
-        dup = max(received - messages, 0)
-        print(f"messages: {received:,} in {elapsed:.2f} s = {received / elapsed / 1e6:.2f} M msg/s "
-              f"({received * size / elapsed / 1e6:.0f} MB/s)")
-        print(f"lost = {lost}, duplicated = {dup}, corrupt = {bad}, "
-              f"checksum of message numbers {'ok' if total == expected_sum and not dup else 'MISMATCH'}")
-        return 0 if (lost == 0 and dup == 0 and bad == 0 and total == expected_sum) else 1
+            p.join(30)
+        g = log.stats()["groups"][GROUP]
+        processed = seen[:messages]
+        lost = int(np.count_nonzero(processed == 0))
+        twice = int(np.count_nonzero(processed > 1))
+        corrupt = int(seen[messages])
+        total = int(np.flatnonzero(processed).sum(dtype=np.uint64))
+        ok = lost == 0 and corrupt == 0 and total == messages * (messages - 1) // 2
+        summary = {"messages": messages, "seconds": round(elapsed, 3), "rate": round(messages / elapsed),
+                   "workers": workers, "size": size, "durable": durable, "killed": killed,
+                   "redelivered": g["redelivered"], "dead_lettered": g["dead_lettered"],
+                   "processed_twice": twice, "lost": lost, "corrupt": corrupt, "checksum_ok": ok}
+        if is_durable:
+            log.flush()
+            summary["durable_offset"] = log.stats()["durable_offset"]
+        if as_json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(f"messages {messages:,} in {elapsed:.2f} s = {messages / elapsed / 1e6:.2f} M msg/s "
+                  f"({messages * size / elapsed / 1e6:.0f} MB/s) through {workers} workers")
+            if killed:
+                print(f"killed worker pid {killed['pid']} at {killed['at']:,} done, holding {killed['leases_held']} "
+                      f"leases; redelivered {g['redelivered']:,} (processed twice: {twice:,}, at-least-once)")
+            print(f"dead-lettered {g['dead_lettered']}, corrupt {corrupt}, lost {lost}; "
+                  f"sum of message numbers {'ok' if ok else 'MISMATCH'}")
+            if is_durable:
+                print(f"the log stays in {durable}: try `python -m fastq stat {durable}` and "
+                      f"`python -m fastq verify {durable}`")
+        return 0 if ok else 1
     finally:
-        if name is not None:
-            q.unlink()
-        q.close()
-        results.close()
+        stop.set()
+        for p in procs:
+            if p.is_alive():
+                p.join(5)
+            if p.is_alive():
+                p.kill()
+        del seen
+        shm.close()
+        shm.unlink()
+        if not is_durable:
+            log.unlink()
+        log.close()
+
+
+def _held_by(log: _log.Log, pid: int) -> int:
+    """Leases the consumer of process ``pid`` holds now."""
+    return sum(m["leases"] for m in log.members() if m["pid"] == pid and m["role"] == "consumer")

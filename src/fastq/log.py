@@ -162,6 +162,8 @@ def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_C
     return Log._open_or_create(name, capacity, max_groups, window, create, wait)
 
 
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<default>"})()  # a setting not given
+
 _forks = [0]  # +1 in every forked child: a Log notices it has no flusher thread there
 
 
@@ -352,30 +354,40 @@ class Log:
                 raise ValueError(f"{what} offset must be >= 0")
             return where
         if where == "earliest":
-            return self._ring._first_seq()
+            return self._ring._first_seq() if self.durable else self._ring._stats()["floor_seq"]
         if where == "latest":
-            return self._ring._frontier()
+            return self._ring._frontier() if self.durable else self._ring._tail
         if isinstance(where, _dt.datetime):
             return self._ring._seek(None, where.timestamp())[0]
         raise TypeError(f"{what} must be an offset, a datetime, 'earliest' or 'latest', not {where!r}")
 
     def read(self, start: Start = "earliest", end: Optional[Start] = None, *, batch: int = 1024) -> Iterator[Record]:
         """Replay records without a group, in offset order: from ``start`` (an
-        offset, a ``datetime``, "earliest" or "latest") up to ``end``
-        (exclusive; default: the head when each batch is read).  Arguments
-        and the start position are resolved now; records are read as the
-        iterator advances.  Lookups use the segment indexes (binary search).
-        Records deleted by retention are skipped; a record that fails its
-        checksum raises ``CorruptRecordError`` (after the good ones before it)."""
-        self._need_durable("read")
+        offset, a ``datetime`` (durable logs), "earliest" or "latest") up to
+        ``end`` (exclusive; default: the head when each batch is read).
+        Nothing is leased and nobody waits for the reader.
+
+        Durable logs: lookups use the segment indexes (binary search);
+        records deleted by retention are skipped; a record that fails its
+        checksum raises ``CorruptRecordError`` (after the good ones before
+        it).  Shared-memory logs: the records still in the ring (producers
+        may overwrite the oldest while you read; those are skipped, never
+        returned torn)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, not {batch!r}")
+        batch = min(batch, 1 << 16)
+        if not self.durable:
+            if isinstance(start, _dt.datetime) or isinstance(end, _dt.datetime):
+                raise ValueError("read(start=datetime) needs a durable log (a shared-memory ring keeps no time index)")
+            seq = self._offset_of(start, "start")
+            stop = (1 << 64) - 1 if end is None else self._offset_of(end, "end")
+            return self._peek(seq, stop, batch)
         if isinstance(start, _dt.datetime):
             seq, pos = self._ring._seek(None, start.timestamp())
         else:
             seq, pos = self._ring._seek(self._offset_of(start, "start"), None)
         stop = (1 << 64) - 1 if end is None else self._offset_of(end, "end")
-        return self._replay(seq, pos, stop, min(batch, 1 << 16))
+        return self._replay(seq, pos, stop, batch)
 
     def _replay(self, seq: int, pos: int, stop: int, batch: int) -> Iterator[Record]:
         while seq < stop:
@@ -385,6 +397,16 @@ class Log:
             for off, ts, key, data in recs:
                 yield Record(off, ts / 1e9, key, data)
 
+    def _peek(self, seq: int, stop: int, batch: int) -> Iterator[Record]:
+        while seq < stop:
+            recs, seq, _ = self._ring._peek_batch(seq, min(batch, stop - seq))
+            if not recs:
+                return
+            for off, ts, key, data in recs:
+                if off >= stop:
+                    return
+                yield Record(off, ts / 1e9, key, data)
+
     def verify(self) -> int:
         """Check the CRC of every retained record; returns how many records
         there are, or raises ``CorruptRecordError`` at the first bad one."""
@@ -392,19 +414,37 @@ class Log:
         return self._ring._verify()
 
     # -- groups
-    def group(self, name: str, *, start: Start = "earliest", visibility_timeout: Optional[float] = 30.0,
-              max_deliveries: Optional[int] = 16, retry: Optional[Backoff] = None,
-              dead_letter: Union[str, None, bool] = True, window: int = 1024) -> "Group":
+    def group(self, name: str, *, start: Start = "earliest", visibility_timeout: Any = _UNSET,
+              max_deliveries: Any = _UNSET, retry: Any = _UNSET, dead_letter: Any = _UNSET,
+              window: Any = _UNSET) -> "Group":
         """Create the group ``name`` or attach to it.
 
-        Settings are fixed when the group is created; attaching with other
-        settings raises ValueError.  ``start`` ("earliest", "latest" or an
-        offset) only matters at creation.  ``dead_letter``: True (default)
-        means the log ``<log name>.dlq``; a str names another log; None/False
-        drops messages past ``max_deliveries``.
+        Settings are fixed when the group is created: ``visibility_timeout``
+        (seconds, default 30; None = leases never expire), ``max_deliveries``
+        (default 16; None = no limit), ``retry`` (a :class:`Backoff`),
+        ``dead_letter`` (True (default): the log ``<log name>.dlq``, or
+        ``<dir>/dlq`` for a durable log; a str names another log; None/False
+        drops messages past ``max_deliveries``) and ``window`` (in-flight
+        leases, default 1024).  Attaching without settings takes the group as
+        it is; attaching with settings that differ raises ValueError.
+        ``start`` ("earliest", "latest", an offset, or a datetime for durable
+        logs) only matters at creation.
         """
         if not isinstance(name, str):
             raise TypeError(f"group name must be a str, not {type(name).__name__}")
+        given = (visibility_timeout, max_deliveries, retry, dead_letter, window)
+        if all(v is _UNSET for v in given):
+            try:
+                grp = Group(self, name, self._ring._group_find(name))
+                self._groups[name] = grp
+                return grp
+            except KeyError:
+                pass  # create it with the defaults
+        visibility_timeout = 30.0 if visibility_timeout is _UNSET else visibility_timeout
+        max_deliveries = 16 if max_deliveries is _UNSET else max_deliveries
+        retry = None if retry is _UNSET else retry
+        dead_letter = True if dead_letter is _UNSET else dead_letter
+        window = 1024 if window is _UNSET else window
         if isinstance(start, _dt.datetime):
             self._need_durable("group(start=datetime)")
             kind, seq = 2, self._ring._seek(None, start.timestamp())[0]
@@ -438,7 +478,15 @@ class Log:
             raise TypeError("retry must be a fastq.Backoff")
         if int(window) < 1:
             raise ValueError("window must be >= 1")
-        g, created = self._ring._group_open(name, int(window), maxd, vis, kind, seq, dlq, retry._packed())
+        try:
+            g, created = self._ring._group_open(name, int(window), maxd, vis, kind, seq, dlq, retry._packed())
+        except ValueError as e:
+            if not all(v is _UNSET for v in given):
+                raise
+            try:
+                g = self._ring._group_find(name)  # created meanwhile by another process, with its settings
+            except KeyError:
+                raise e from None
         grp = Group(self, name, g)
         self._groups[name] = grp
         return grp
@@ -452,12 +500,49 @@ class Log:
         self._ring._group_delete(name)
         self._groups.pop(name, None)
 
+    def reset_group(self, name: str, to: Start = "earliest", *, force: bool = False) -> None:
+        """Move group ``name`` to ``to`` ("earliest", "latest", an offset, or a
+        ``datetime`` for durable logs), like Kafka's ``--reset-offsets``.  The
+        group keeps its settings; its leases, retries and counters start
+        afresh.  Refused (``FastqError``) while the group has live consumers,
+        unless ``force``: they then see the group as deleted (``FastqError``
+        on their next call) and must attach again."""
+        if isinstance(to, _dt.datetime):
+            self._need_durable("reset_group(to=datetime)")
+            kind, seq = 2, self._ring._seek(None, to.timestamp())[0]
+        elif isinstance(to, str):
+            if to not in _START:
+                raise ValueError(f"to must be 'earliest', 'latest', an offset or a datetime, not {to!r}")
+            kind, seq = _START[to], 0
+        elif isinstance(to, int) and not isinstance(to, bool) and to >= 0:
+            kind, seq = 2, to
+        else:
+            raise ValueError(f"to must be 'earliest', 'latest', a non-negative offset or a datetime, not {to!r}")
+        self._ring._group_reset(name, kind, seq, bool(force))
+
     # -- monitoring
+    def members(self) -> List[Dict[str, Any]]:
+        """Processes attached to this log (lock-free): pid, name (the
+        process's name unless the handle was labelled), role ("producer",
+        "consumer" or "queue"), group, alive, puts, gets, acked, leases
+        (held now in its group)."""
+        roles = {1: "producer", 2: "consumer", 3: "queue"}
+        names = {g: self._ring._group_info(g) for g in self._ring._groups()}
+        out = []
+        for m in self._ring._members():
+            info = names.get(m["group"]) if m["kind"] & 2 else None
+            out.append({"pid": m["pid"], "name": m["name"], "role": roles.get(m["kind"] & 3, "observer"),
+                        "group": info["name"] if info else None, "alive": m["alive"], "started": m["started"],
+                        "puts": m["puts"], "gets": m["gets"], "acked": m["acked"],
+                        "leases": m["leases"] if info else 0, "self": m["self"]})
+        return out
+
     def stats(self) -> Dict[str, Any]:
         """Head offset, bytes used/free and, per group, low-watermark, lag
         (messages, bytes, age of the oldest unfinished record), pending leases,
         delivered/redelivered/expired/nacked/dead-lettered counts, consumers
-        alive.  Lock-free reads of shared counters."""
+        alive, and the attached processes (``members``).  Lock-free reads of
+        shared counters: it never blocks or slows producers and consumers."""
         base = self._ring._group_stats(0)
         if self.durable:
             seg = self._ring.capacity
@@ -474,9 +559,12 @@ class Log:
             }
             out["bytes_free"] = out["capacity"] - out["bytes_used"]
         now = time.time()
+        out["members"] = self.members()
         for g in self._ring._groups():
             info = self._ring._group_info(g)
             st = self._ring._group_stats(g)
+            if info is None:
+                continue  # deleted meanwhile
             out["groups"][info["name"]] = {
                 "low": st["low"], "lag": st["tail_seq"] - st["low"], "lag_bytes": st["lag_bytes"],
                 "oldest_age": (now - st["oldest_ts_ns"] / 1e9) if st["oldest_ts_ns"] else 0.0,
@@ -519,10 +607,11 @@ class Log:
     def __repr__(self) -> str:
         return f"<fastq.Log {self.name!r}{' durable' if self.durable else ''}>"
 
-    def _attach(self, kind: int) -> "_core.Ring":
+    def _attach(self, kind: int, label: Optional[str] = None) -> "_core.Ring":
         """Another handle (member) on this log, e.g. for a consumer."""
         ring = _core.Ring()
         ring._kind = kind
+        ring._member_name = label
         if self.durable:
             ring._open_dir(self.name, 1.0, False, False)
             ring._set_fsync(_FSYNC[self._fsync])
@@ -566,10 +655,11 @@ class Group:
             raise _core.FastqError(f"group {self.name!r} was deleted")
         return info
 
-    def consumer(self) -> "Consumer":
+    def consumer(self, name: Optional[str] = None) -> "Consumer":
         """A new consumer: a member of the group whose leases go back to the
-        group as soon as its process dies."""
-        return Consumer(self)
+        group as soon as its process dies.  ``name`` labels it in ``fastq
+        stat`` and ``Log.members()`` (default: the process's name)."""
+        return Consumer(self, name)
 
     def delete(self) -> None:
         self.log.delete_group(self.name)
@@ -585,8 +675,10 @@ class Consumer:
     """A consumer in a group.  Use as a context manager; ``get``/``get_many``
     lease messages, which you ``ack()``, ``nack()`` or ``extend()``."""
 
-    def __init__(self, group: Group) -> None:
-        ring = group.log._attach(2)  # consumer
+    def __init__(self, group: Group, name: Optional[str] = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"consumer name must be a str, not {type(name).__name__}")
+        ring = group.log._attach(2, name)  # consumer
         try:
             self._g = ring._group_find(group.name)
             ring._member_group(self._g)

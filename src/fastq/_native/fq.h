@@ -176,6 +176,8 @@ int fq_nack(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t delay_ns);
 int fq_extend(fq_queue *q, uint32_t g, const fq_msg *m, uint64_t ms);
 int fq_member_group(fq_queue *q, uint32_t g);   /* this handle consumes (and counts acks) in group g */
 int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64]); /* lock-free */
+int fq_finished(fq_queue *q, uint32_t g, uint64_t seq);  /* acked/dead/skipped in g (lock-free) */
+uint32_t fq_leases_held(fq_queue *q, uint32_t g, uint32_t member);  /* lock-free */
 int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live);
 
 /* A member slot as monitoring sees it (fq_member_peek: lock-free). */

@@ -484,3 +484,33 @@ void fq_member_set_name(fq_queue *q, const char *name)
         fq__name_store(q->members[q->member].m_name, sizeof q->members[q->member].m_name, name,
                        strnlen(name, sizeof q->members[q->member].m_name - 1));
 }
+
+/* Is record seq finished in group g (acked, dead-lettered or skipped)?  A
+ * lock-free read for monitoring: below the low-watermark, or its lease entry
+ * in the window says so. */
+int fq_finished(fq_queue *q, uint32_t g, uint64_t seq)
+{
+    if (g >= q->max_groups)
+        return 0;
+    uint64_t low = atomic_load_explicit(&fq__group(q, g)->g_low, FQ_ACQUIRE);
+    if ((int64_t)(seq - low) < 0)
+        return 1;
+    if (seq - low >= fq__gw(q, g))
+        return 0;
+    uint64_t w = atomic_load_explicit(&fq__lease(q, g, seq)->l_w, FQ_ACQUIRE);
+    return fq__lw_is(w, seq) && fq__lst_terminal(fq__lw_st(w));
+}
+
+/* Leases member `id` holds in group g now (lock-free, for monitoring). */
+uint32_t fq_leases_held(fq_queue *q, uint32_t g, uint32_t id)
+{
+    if (g >= q->max_groups)
+        return 0;
+    uint64_t W = fq__gw(q, g), low = atomic_load_explicit(&fq__group(q, g)->g_low, FQ_ACQUIRE), n = 0;
+    for (uint64_t s = low; s - low < W; s++) {
+        uint64_t w = atomic_load_explicit(&fq__lease(q, g, s)->l_w, FQ_RELAXED);
+        if (fq__lw_is(w, s) && fq__lw_st(w) == FQ_L_LEASED && fq__lw_owner(w) == id)
+            n++;
+    }
+    return (uint32_t)n;
+}
