@@ -543,6 +543,47 @@ def test_max_deliveries_nack_goes_to_dlq(mklog):
     assert abs(d.timestamp - time.time()) < 10
 
 
+def test_full_dead_letter_log_keeps_the_message_in_its_group(mklog):
+    """A shared-memory DLQ whose own group holds all its space: a message past
+    max_deliveries stays in its group (retried after the backoff) instead of
+    being dropped or blocking the consumer, and is dead-lettered once the DLQ
+    has room."""
+    log = mklog(capacity=1 << 16)
+    dlq = mklog(log.name + ".dlq", capacity=1 << 12)
+    reader = dlq.group("ops")  # gates the DLQ's ring: nobody reads it yet
+    for size in (200, 1):  # fill it to the last byte a record could use
+        while True:
+            try:
+                dlq.append(b"x" * size, timeout=0)
+            except fastq.Full:
+                break
+    off = log.append(b"poison")
+    g = log.group("billing", visibility_timeout=None, max_deliveries=1,
+                  retry=fastq.Backoff(initial=0.05, maximum=0.05, jitter=0))
+    with g.consumer() as c:
+        m = c.get(timeout=1)
+        t0 = time.monotonic()
+        assert m.nack(reason="bad") is True
+        assert time.monotonic() - t0 < 5
+        st = g.stats()
+        assert st["dead_lettered"] == 0 and st["unfinished"] == 1  # kept, not lost
+        # past its limit it is never handed to the handler again; each retry
+        # tries the DLQ (0.5 s) and keeps it while the DLQ is full
+        assert c.get_many(10, timeout=1.0) == []
+        st = g.stats()
+        assert st["dead_lettered"] == 0 and st["unfinished"] == 1
+        with reader.consumer() as rc:  # the DLQ drains: now it is dead-lettered
+            while rc.ack(rc.get_many(1000, timeout=0.2)):
+                pass
+        deadline = time.monotonic() + 10
+        while g.stats()["dead_lettered"] == 0 and time.monotonic() < deadline:
+            assert c.get_many(10, timeout=0.2) == []
+    st = g.stats()
+    assert st["dead_lettered"] == 1 and st["unfinished"] == 0
+    last = list(dlq.read())[-1]
+    assert fastq.DeadLetter.decode(last.data).reason.startswith("delivery limit 1 reached")
+
+
 def test_max_deliveries_by_expiry_goes_to_dlq(mklog):
     log = mklog(capacity=1 << 16)
     log.append(b"slow")

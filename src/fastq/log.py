@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
+import queue as _queue
 import random
 import threading
 import time
@@ -755,8 +756,15 @@ class Consumer:
                                      fsync=log._fsync)
                 else:
                     self._dlq = open(self._dlq_name)
-            self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
-                                        m.timestamp, m.data, m.key).encode(), key=m.key)
+            try:
+                self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
+                                            m.timestamp, m.data, m.key).encode(), key=m.key, timeout=0.5)
+            except _queue.Full:
+                # a shared-memory DLQ whose own groups hold all its space: keep
+                # the message in this group (retried after the backoff) rather
+                # than drop it; it is dead-lettered once the DLQ has room
+                m._nack_raw(self._retry.delay(m.deliveries))
+                return True
             _core.crashpoint("dlq.after_copy")
         return m._dead()
 
