@@ -255,8 +255,10 @@ cdef class Ring:
         self.name = path
         self._join()
 
-    def _open_dir(self, path, double wait=1.0, bint recover=False, bint skip_corrupt=False):
-        """Open the durable log ``path``; returns the recovery report (a dict)."""
+    def _open_dir(self, path, double wait=1.0, bint recover=False, bint skip_corrupt=False, bint join=True):
+        """Open the durable log ``path``; returns the recovery report (a dict).
+        join=False: an observer (monitoring) that takes a member slot only
+        when it first produces, consumes or administers."""
         cdef N.fq_recovery_report r
         bpath = _os.fsencode(path)
         if b"\x00" in bpath:
@@ -277,7 +279,8 @@ cdef class Ring:
             _raise(rc, f"cannot open log {path!r}")
         self._mapped = True
         self.name = path
-        self._join()
+        if join:
+            self._join()
         return report
 
     def _set_fsync(self, uint32_t mode):

@@ -2,10 +2,10 @@
 find queues, open them without side effects on their users, and take
 lock-free snapshots of what they expose.
 
-Opening a queue here never creates it.  A shared-memory queue is mapped
-without joining it (no member slot is taken); a durable log is opened like
-any other handle (which, if no process has it open and the machine rebooted
-since, runs its recovery — as any user's open would).
+Opening a queue here never creates it and takes no member slot (a queue or
+log is mapped; a member slot is taken only by an administrative command that
+needs one, e.g. a group reset).  Opening a durable log that no process has
+open after a reboot runs its recovery, as any user's open would.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def open_target(target: str) -> Log:
         if not os.path.exists(os.path.join(target, "control")):
             raise OpsError(f"no durable log at {target!r} (no control file)")
         try:
-            return Log._open_durable(target, 64 << 20, 16, 4096, False, 1.0, "never", 0.05, None, False, "refuse")
+            return Log._open_durable(target, 64 << 20, 16, 4096, False, 1.0, "never", 0.05, None, False, "refuse",
+                                     join=False)
         except FileNotFoundError as e:
             raise OpsError(f"no durable log at {target!r}: {e}") from None
     if not _core.name_valid(target):

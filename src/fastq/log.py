@@ -250,7 +250,7 @@ class Log:
 
     @classmethod
     def _open_durable(cls, path, segment_size, max_groups, window, create, wait, fsync, fsync_interval,
-                      retention, recover, on_corrupt) -> "Log":
+                      retention, recover, on_corrupt, join: bool = True) -> "Log":
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"log path must be a str or os.PathLike, not {type(path).__name__}")
@@ -276,9 +276,9 @@ class Log:
             except FileExistsError:
                 ring = _core.Ring()
                 ring._kind = 1
-                report = ring._open_dir(path, wait, recover, on_corrupt == "skip")
+                report = ring._open_dir(path, wait, recover, on_corrupt == "skip", join)
         else:
-            report = ring._open_dir(path, wait, recover, on_corrupt == "skip")
+            report = ring._open_dir(path, wait, recover, on_corrupt == "skip", join)
         ring._set_fsync(_FSYNC[fsync])
         log = cls._new(ring, path, True)
         log.recovery_report = report
