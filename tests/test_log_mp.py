@@ -432,3 +432,48 @@ def test_consumer_killed_between_dead_letter_copy_and_finish():
         W.kill_all(procs)
         log.close()
         _cleanup(name)
+
+
+def _crash_admin(name, point, ready):
+    log = fastq.open(name)
+    fastq._core.crash_arm(point)
+    ready.set()
+    log.reset_group("g", 0)
+    os._exit(3)   # the crash point was not reached
+
+
+@pytest.mark.parametrize("point", ["admin.reset_freed", "admin.after_active"])
+def test_admin_killed_during_group_reset(point):
+    """A reset killed after it freed the slot leaves the group deleted (its
+    consumers see it gone; attaching re-creates it); killed after the new
+    generation went ACTIVE, the reset is done.  Either way the admin mutex of
+    the dead process is taken over: the queue is never wedged."""
+    name = _name()
+    log = fastq.open(name, capacity=1 << 16)
+    procs = []
+    try:
+        g = log.group("g", visibility_timeout=30.0, max_deliveries=5)
+        log.append_many([b"a", b"b", b"c"])
+        with g.consumer() as c:
+            assert c.ack(c.get_many(2, timeout=1)) == 2
+        ready = fork.Event()
+        p = fork.Process(target=_crash_admin, args=(name, point, ready))
+        procs.append(p)
+        p.start()
+        p.join(10)
+        assert p.exitcode == -signal.SIGKILL, f"exit {p.exitcode}: crash point {point} not reached"
+        t0 = time.monotonic()
+        if point == "admin.reset_freed":
+            assert log.groups() == []
+            g = log.group("g", start=1, visibility_timeout=30.0, max_deliveries=5)  # takes the dead admin's mutex
+        else:
+            assert log.groups() == ["g"] and g.stats()["low"] == 0
+            log.group("other")  # takes the dead admin's mutex
+        assert time.monotonic() - t0 < 5
+        with g.consumer() as c:
+            got = c.get_many(10, timeout=1)
+            assert [m.data for m in got] == ([b"b", b"c"] if point == "admin.reset_freed" else [b"a", b"b", b"c"])
+    finally:
+        W.kill_all(procs)
+        log.close()
+        _cleanup(name)

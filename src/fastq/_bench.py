@@ -1672,7 +1672,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for gc in GROUP_CELLS:
             print(f"{'':14}{gc.name}: {gc.doc}")
         from ._bench_durable import IMPLS as durable_registry
-        print(f"{'durable':12}  persistent queues in one process (run only when named):")
+        print(f"{'durable':12}  persistent queues in one process (in the default run; replay too):")
         for n_, di in durable_registry.items():
             print(f"{'':14}{n_} [fsync {di.fsync}]: {di.available() or 'available'}")
         print()

@@ -217,13 +217,16 @@ cdef class Ring:
         self.name = name
         self._join()
 
-    def _open(self, name, double wait=1.0):
+    def _open(self, name, double wait=1.0, bint join=True):
+        """Attach to the named queue; join=False: an observer (monitoring)
+        that takes a member slot only when it first produces or consumes."""
         rc = N.fq_open(&self.q, _encode_name(name), <int64_t>(wait * 1e9))
         if rc != N.FQ_OK:
             _raise(rc, f"cannot open queue {name!r}")
         self._mapped = True
         self.name = name
-        self._join()
+        if join:
+            self._join()
 
     def _open_fd(self, int fd):
         """Attach to an inherited anonymous queue; takes ownership of fd."""

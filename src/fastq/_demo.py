@@ -25,8 +25,6 @@ import zlib
 from multiprocessing import shared_memory
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
 from . import log as _log
 
 _HDR = struct.Struct("<QI")  # message number, crc32 of the filler
@@ -51,7 +49,7 @@ def _producer(name: str, durable: bool, n: int, size: int, batch: int) -> None:
 def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: int, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     shm = shared_memory.SharedMemory(shm_name)
-    seen = np.ndarray((n + 1,), dtype=np.uint16, buffer=shm.buf)  # seen[n] = corrupt count of this run
+    seen = shm.buf.cast("H")  # seen[i] = times message i was processed; seen[n] = corrupt ones
     log = _log.open(name, durable=durable)
     c = log.group(GROUP).consumer(f"worker-{index}")
     try:
@@ -69,7 +67,7 @@ def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: 
     finally:
         c.close()
         log.close()
-        del seen
+        seen.release()
         shm.close()
 
 
@@ -102,8 +100,8 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
     out = sys.stderr
     ctx = mp.get_context("spawn")
     shm = shared_memory.SharedMemory(create=True, size=(messages + 1) * 2)
-    seen = np.ndarray((messages + 1,), dtype=np.uint16, buffer=shm.buf)
-    seen[:] = 0
+    shm.buf[:] = bytes(len(shm.buf))  # SharedMemory may round the size up
+    seen = shm.buf.cast("H")
     stop = ctx.Event()
     procs: List[Any] = []
     try:
@@ -129,11 +127,14 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
             now = time.perf_counter()
             if kill and killed is None and done >= messages // 2:
                 victim = procs[0]
+                until = time.monotonic() + 2.0
                 held = _held_by(log, victim.pid)
+                while held == 0 and time.monotonic() < until:  # kill it while it holds leases
+                    held = _held_by(log, victim.pid)
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.join(10)
                 killed = {"pid": victim.pid, "at": done, "leases_held": held}
-                note = f"  << kill -9 worker-0 (pid {victim.pid}, holding {held} leases)"
+                note = f"  << kill -9 worker-0 (pid {victim.pid}; {held} leases just before)"
                 print(_line(done, messages, done / max(now - t0, 1e-9), g, note), file=out)
                 note = ""
             if now - last_draw > 0.1 or done >= messages:
@@ -155,11 +156,11 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
         for p in procs:
             p.join(30)
         g = log.stats()["groups"][GROUP]
-        processed = seen[:messages]
-        lost = int(np.count_nonzero(processed == 0))
-        twice = int(np.count_nonzero(processed > 1))
-        corrupt = int(seen[messages])
-        total = int(np.flatnonzero(processed).sum(dtype=np.uint64))
+        processed = seen[:messages].tolist()
+        lost = processed.count(0)
+        twice = messages - lost - processed.count(1)
+        corrupt = seen[messages]
+        total = sum(i for i, k in enumerate(processed) if k)
         ok = lost == 0 and corrupt == 0 and total == messages * (messages - 1) // 2
         summary = {"messages": messages, "seconds": round(elapsed, 3), "rate": round(messages / elapsed),
                    "workers": workers, "size": size, "durable": durable, "killed": killed,
@@ -174,8 +175,8 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
             print(f"messages {messages:,} in {elapsed:.2f} s = {messages / elapsed / 1e6:.2f} M msg/s "
                   f"({messages * size / elapsed / 1e6:.0f} MB/s) through {workers} workers")
             if killed:
-                print(f"killed worker pid {killed['pid']} at {killed['at']:,} done, holding {killed['leases_held']} "
-                      f"leases; redelivered {g['redelivered']:,} (processed twice: {twice:,}, at-least-once)")
+                print(f"killed worker pid {killed['pid']} at {killed['at']:,} done ({killed['leases_held']} leases just "
+                      f"before); redelivered {g['redelivered']:,} (processed twice: {twice:,}, at-least-once)")
             print(f"dead-lettered {g['dead_lettered']}, corrupt {corrupt}, lost {lost}; "
                   f"sum of message numbers {'ok' if ok else 'MISMATCH'}")
             if is_durable:
@@ -189,7 +190,7 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
                 p.join(5)
             if p.is_alive():
                 p.kill()
-        del seen
+        seen.release()
         shm.close()
         shm.unlink()
         if not is_durable:

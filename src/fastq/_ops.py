@@ -46,7 +46,7 @@ def open_target(target: str) -> Log:
     if not _core.name_valid(target):
         raise OpsError(f"invalid queue name {target!r}")
     try:
-        return Log._open_or_create(target, 0, 0, 0, False, 1.0)
+        return Log._open_or_create(target, 0, 0, 0, False, 1.0, join=False)
     except FileNotFoundError:
         raise OpsError(f"no queue named {target!r} (looked for {SHM_DIR}/{SHM_PREFIX}{target})") from None
 
@@ -98,7 +98,7 @@ def summary(log: Log, target: str) -> Dict[str, Any]:
     st = log.stats()
     row = {"name": target, "kind": kind_of(log), "head": st["head"], "oldest": st["oldest"],
            "groups": sorted(g for g in st["groups"] if not (kind_of(log) == "queue" and g == "queue")),
-           "members_alive": st["members_alive"]}
+           "members_alive": _alive_others(st)}
     if log.durable:
         row["size_bytes"] = store_bytes(target)
         row["durable_offset"] = st["durable_offset"]
@@ -106,6 +106,12 @@ def summary(log: Log, target: str) -> Dict[str, Any]:
         row["size_bytes"] = st["capacity"]
         row["bytes_used"] = st["bytes_used"]
     return row
+
+
+def _alive_others(st: Dict[str, Any]) -> int:
+    """Live members other than this handle (an observer takes no slot, but an
+    administrative command may have taken one)."""
+    return sum(1 for m in st["members"] if m["alive"] and not m["self"])
 
 
 def store_bytes(path: str) -> int:
@@ -130,6 +136,7 @@ class Sampler:
         now = time.monotonic()
         st = self.log.stats()
         st["kind"] = kind_of(self.log)
+        st["members_alive"] = _alive_others(st)
         st["time"] = time.time()
         prev = self._prev
         if prev is not None and now > prev[0]:

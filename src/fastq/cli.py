@@ -233,17 +233,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(e))
     except KeyError as e:  # a missing group
         return _fail(str(e.args[0]) if e.args else "not found")
+    except BrokenPipeError:  # `fastq tail … | head` (before OSError, its base class)
+        try:  # stdout's unflushed buffer must not fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
     except (ValueError, TypeError, OSError, _core.FastqError) as e:
         return _fail(str(e) or type(e).__name__)
     except KeyboardInterrupt:
         sys.stderr.write("fastq: interrupted\n")
         return 130
-    except BrokenPipeError:  # `fastq tail … | head`
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return EXIT_OK
 
 
 def _glue_negative(argv: List[str]) -> List[str]:
@@ -404,7 +404,17 @@ def cmd_groups(a: argparse.Namespace) -> int:
             before = log.stats()["groups"].get(a.group)
             if before is None:
                 raise _ops.OpsError(f"no group named {a.group!r} in {a.target}")
-            live = log._ring._group_reset(a.group, *_reset_target(log, parse_position(a.to, "--to")), a.force)
+            where = _reset_target(log, parse_position(a.to, "--to"))
+            try:
+                live = log._ring._group_reset(a.group, *where, a.force)
+            except _core.FastqError as e:
+                holders = [m for m in log.members()
+                           if m["alive"] and not m["self"] and m["role"] == "consumer" and m["group"] == a.group]
+                if a.force or not holders:
+                    raise
+                who = ", ".join(f"{m['name'] or '?'} (pid {m['pid']})" for m in holders)
+                raise _ops.OpsError(f"group {a.group!r} has {len(holders)} live consumer(s): {who}; stop them "
+                                    "first, or pass --force (they must attach again)") from e
             after = log.stats()["groups"][a.group]
             result = {"group": a.group, "reset": True, "from": before["low"], "to": after["low"],
                       "consumers_detached": live}

@@ -215,7 +215,7 @@ class Log:
         raise TypeError("use fastq.open(name) to get a Log")
 
     @classmethod
-    def _open_or_create(cls, name, capacity, max_groups, window, create, wait) -> "Log":
+    def _open_or_create(cls, name, capacity, max_groups, window, create, wait, join: bool = True) -> "Log":
         if not isinstance(name, str):
             raise TypeError(f"log name must be a str, not {type(name).__name__}")
         ring = _core.Ring()
@@ -226,9 +226,9 @@ class Log:
             except FileExistsError:
                 ring = _core.Ring()
                 ring._kind = 1
-                ring._open(name, wait)
+                ring._open(name, wait, join)
         else:
-            ring._open(name, wait)
+            ring._open(name, wait, join)
         return cls._new(ring, name, False)
 
     @classmethod

@@ -34,7 +34,7 @@ METRICS: Dict[str, Tuple[str, str, str]] = {
     "fastq_capacity_bytes": ("gauge", "Bytes of the shared-memory ring", "q"),
     "fastq_used_bytes": ("gauge", "Bytes of the ring holding unfinished records", "q"),
     "fastq_durable_offset": ("gauge", "Records below this offset are on disk (durable logs)", "q"),
-    "fastq_disk_bytes": ("gauge", "Bytes of segment and index files on disk (durable logs)", "q"),
+    "fastq_disk_bytes": ("gauge", "Bytes allocated on disk by the control, segment and index files (durable logs)", "q"),
     "fastq_members": ("gauge", "Attached processes by role (producer, consumer, queue) and state", "q"),
     "fastq_group_low_offset": ("gauge", "Every record below this offset is finished in the group", "g"),
     "fastq_group_lag_messages": ("gauge", "Records appended and not yet finished by the group", "g"),
@@ -80,6 +80,7 @@ class _Source:
                 self.log = _ops.open_target(self.name)
             except (_ops.OpsError, OSError, _core.FastqError, ValueError):
                 return None
+            self._owned = True  # our handle (also after a caller's Log was closed): close() must close it
             self._ino = self._identity()
         try:
             return self.log.stats()

@@ -365,7 +365,9 @@ int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], cha
         for (int i = 0; i < 4; i++)
             out->backoff[i] = FQ_CFG_LOAD(G->g_backoff[i]);
         atomic_thread_fence(FQ_ACQUIRE);
-        if (atomic_load_explicit(&G->g_state, FQ_RELAXED) == FQ_G_ACTIVE &&
+        /* state with acquire: if it is already the ACTIVE of a re-creation,
+         * that creation's g_gen bump (sequenced before it) is visible below */
+        if (atomic_load_explicit(&G->g_state, FQ_ACQUIRE) == FQ_G_ACTIVE &&
             atomic_load_explicit(&G->g_gen, FQ_RELAXED) == gen)
             return FQ_OK;
     }

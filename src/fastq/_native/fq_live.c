@@ -118,6 +118,8 @@ int fq_join(fq_queue *q, uint32_t kind)
         atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_seq, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_puts, 0, FQ_RELAXED); /* counters of this membership only */
+        atomic_store_explicit(&m->m_gets, 0, FQ_RELAXED);
         FQ_CFG_STORE(m->m_group, 0);
         FQ_CFG_STORE(m->m_group_gen, 0); /* not bound to a group generation (fq_member_group binds) */
         atomic_store_explicit(&m->m_heartbeat_ns, (uint64_t)fq_now_ns(), FQ_RELAXED);

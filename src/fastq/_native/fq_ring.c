@@ -835,7 +835,7 @@ uint64_t fq_qsize(fq_queue *q, uint32_t g)
     uint64_t acked = fq__acked(q, g);
     uint64_t aborted = fq__aborted(q);
     uint64_t ts = fq_tail_seq(q);
-    uint64_t used = ts - G->g_start_seq;
+    uint64_t used = ts - FQ_CFG_LOAD(G->g_start_seq);
     uint64_t gone = acked + aborted;
     return used > gone ? used - gone : 0;
 }
@@ -915,8 +915,10 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
     for (uint32_t i = 0; i < q->max_members; i++)
         if (atomic_load_explicit(&q->members[i].m_state, FQ_RELAXED) == FQ_M_ALIVE) {
             st->members_alive++;
-            if (FQ_CFG_LOAD(q->members[i].m_group) == g && (FQ_CFG_LOAD(q->members[i].m_kind) & FQ_M_KIND_CONSUMER))
-                st->consumers++;
+            if (g < q->max_groups && FQ_CFG_LOAD(q->members[i].m_group) == g &&
+                (FQ_CFG_LOAD(q->members[i].m_kind) & FQ_M_KIND_CONSUMER) &&
+                FQ_CFG_LOAD(q->members[i].m_group_gen) == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED))
+                st->consumers++; /* bound to this generation: not detached by a delete or reset */
         }
 }
 
