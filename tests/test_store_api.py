@@ -1524,6 +1524,26 @@ def test_torn_tail_is_cut_by_cold_recovery(store):
 
 # =========================================================================== stats
 
+def test_stats_of_a_group_behind_the_descriptor_ring(store):
+    """Lag bytes and the oldest record's age come from the segments when the
+    group is further behind than the descriptor ring reaches."""
+    log = store.open(fsync="never", window=64)
+    g = log.group("far", visibility_timeout=None)
+    t0 = time.time()
+    n = 20_000
+    log.append_many([b"z" * 40] * n)
+    raw = log._ring._group_stats(log._ring._group_find("far"))
+    assert raw["oldest_ts_ns"] == 0  # the descriptor ring no longer reaches the group's low
+    gs = log.stats()["groups"]["far"]
+    assert gs["lag"] == n
+    assert gs["lag_bytes"] >= n * 40
+    assert 0 < gs["oldest_age"] <= time.time() - t0 + 1
+    with g.consumer() as c:
+        drain(c, 300)
+    gs2 = log.stats()["groups"]["far"]
+    assert gs2["lag"] == n - 300 and 0 < gs2["lag_bytes"] < gs["lag_bytes"]
+
+
 def test_stats_of_a_durable_log(store):
     log = store.open(fsync="never")
     g = log.group("g", visibility_timeout=None)

@@ -566,6 +566,8 @@ class Log:
             st = self._ring._group_stats(g)
             if info is None:
                 continue  # deleted meanwhile
+            if self.durable and st["tail_seq"] > st["low"] and not (st["lag_bytes"] and st["oldest_ts_ns"]):
+                self._behind_ring(st)
             out["groups"][info["name"]] = {
                 "low": st["low"], "lag": st["tail_seq"] - st["low"], "lag_bytes": st["lag_bytes"],
                 "oldest_age": (now - st["oldest_ts_ns"] / 1e9) if st["oldest_ts_ns"] else 0.0,
@@ -576,6 +578,20 @@ class Log:
                 "consumers": st["consumers"], "settings": info,
             }
         return out
+
+    def _behind_ring(self, st: Dict[str, Any]) -> None:
+        """A durable group further behind than the descriptor ring: find its
+        oldest unfinished record in the segments (index lookup) for lag bytes
+        and age."""
+        try:
+            seq, pos = self._ring._seek(st["low"], None)
+            recs = self._ring._read_batch(seq, pos, seq + 1, 1)[0]
+        except (ValueError, OSError, _core.FastqError):
+            return
+        if seq == st["low"]:
+            st["lag_bytes"] = max(st["tail_pos"] - pos, 0)
+            if recs:
+                st["oldest_ts_ns"] = recs[0][1]
 
     def unlink(self) -> None:
         """Remove the log's name (processes that have it open keep using it).
