@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import pickle
+import queue
 import re
 import sys
 import time
@@ -573,7 +574,7 @@ def _dlq_action(a: argparse.Namespace, log: Log, dlq: Log) -> int:
         raise _ops.OpsError(f"dlq {a.action} needs dead-letter offsets or --all")
     want = set(a.offsets)
     target: Optional[Log] = None
-    done, kept = [], 0
+    done, kept, stopped = [], 0, False
     grp = dlq.group(DLQ_GROUP, start="earliest", visibility_timeout=None, max_deliveries=None, dead_letter=None)
     try:
         with grp.consumer("fastq dlq " + a.action) as c:
@@ -594,17 +595,23 @@ def _dlq_action(a: argparse.Namespace, log: Log, dlq: Log) -> int:
                                                 "purge it instead") from None
                         if target is None:
                             target = _requeue_target(a, log, dl)
-                        target.append(dl.data, key=dl.key)
+                        try:
+                            target.append(dl.data, key=dl.key, timeout=10.0)
+                        except queue.Full:
+                            raise _ops.OpsError(f"{target.name} stayed full for 10 s (its groups hold all its "
+                                                f"space); requeued so far: {done}") from None
                     m.ack()
                     done.append(m.offset)
                 if len(held) >= grp.settings["window"] - 256:
-                    break  # the window is full of records we were not asked for
+                    stopped = True  # the lease window is full of records we were not asked for
+                    break
             kept = len(held)
     finally:
         if target is not None and target is not log:
             target.close()
     missing = sorted(want - set(done)) if not a.all else []
-    result = {"action": a.action, "done": done, "count": len(done), "not_found": missing, "pending_left": kept}
+    result = {"action": a.action, "done": done, "count": len(done), "not_found": missing, "pending_left": kept,
+              "stopped_early": stopped}
     if target is not None:
         result["into"] = target.name
     if a.json:
@@ -612,7 +619,9 @@ def _dlq_action(a: argparse.Namespace, log: Log, dlq: Log) -> int:
     else:
         verb = "requeued" if a.action == "requeue" else "purged"
         print(f"{verb} {len(done)} dead letter(s)" + (f" into {target.name}" if target is not None else "")
-              + (f"; not found or already handled: {missing}" if missing else ""))
+              + (f"; not found or already handled: {missing}" if missing and not stopped else "")
+              + (f"; not reached (the scan stopped after holding {kept} pending dead letters before them; "
+                 f"handle those first): {missing}" if missing and stopped else ""))
     return EXIT_FAILED if missing else EXIT_OK
 
 

@@ -917,8 +917,9 @@ void fq_get_stats(fq_queue *q, uint32_t g, fq_stats *st)
             st->members_alive++;
             if (g < q->max_groups && FQ_CFG_LOAD(q->members[i].m_group) == g &&
                 (FQ_CFG_LOAD(q->members[i].m_kind) & FQ_M_KIND_CONSUMER) &&
-                FQ_CFG_LOAD(q->members[i].m_group_gen) == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED))
-                st->consumers++; /* bound to this generation: not detached by a delete or reset */
+                FQ_CFG_LOAD(q->members[i].m_group_gen) == atomic_load_explicit(&fq__group(q, g)->g_gen, FQ_RELAXED) &&
+                fq_member_alive(q, i))
+                st->consumers++; /* bound to this generation (not detached by a delete or reset), process alive */
         }
 }
 
