@@ -60,10 +60,11 @@ def _produce(name: str, n: int, go) -> None:
     log.close()
 
 
-def _consume(name: str, n: int) -> None:
+def _consume(name: str, n: int, ready) -> None:
     import fastq
     log = fastq.open(name)
     with log.group("work").consumer("bench") as c:
+        ready.set()
         got = 0
         while got < n:
             msgs = c.get_many(BATCH, timeout=5.0)
@@ -74,13 +75,13 @@ def _consume(name: str, n: int) -> None:
     log.close()
 
 
-def _observe(name: str, interval: float, stop) -> None:
-    import fastq
-    log = fastq.open(name)
-    reads = 0
+def _observe(name: str, interval: float, ready, stop) -> None:
+    from fastq import _ops
+    log = _ops.open_target(name)  # as `fastq stat` does: an observer, no member slot
+    log.stats()
+    ready.set()
     while not stop.is_set():
         log.stats()
-        reads += 1
         if interval:
             time.sleep(interval)
     log.close()
@@ -89,40 +90,50 @@ def _observe(name: str, interval: float, stop) -> None:
 @pytest.mark.benchmark(group="ops-stat-under-load")
 @pytest.mark.parametrize("observer", ["none", "10-per-second", "tight-loop"])
 def test_pipeline_while_watched(benchmark, fastq_mod, quick, observer):
+    """Timed: from the producer's go to the consumer's last ack (processes
+    started, imported and attached in the untimed setup)."""
     n = (20_000 if quick else 1_000_000) // BATCH * BATCH
     ctx = mp.get_context("spawn")
+    runs = []
 
-    def one_run() -> float:
-        name = "bops-" + uuid.uuid4().hex
-        log = fastq_mod.open(name, capacity=32 << 20)
+    def setup():
+        run = {"name": "bops-" + uuid.uuid4().hex, "procs": []}
+        runs.append(run)
+        run["log"] = log = fastq_mod.open(run["name"], capacity=32 << 20)
         log.group("work")
-        stop = ctx.Event()
-        watcher = None
+        run["stop"] = stop = ctx.Event()
+        watching, consuming, run["go"] = ctx.Event(), ctx.Event(), ctx.Event()
         if observer != "none":
-            watcher = ctx.Process(target=_observe, args=(name, 0.1 if observer == "10-per-second" else 0.0, stop))
-            watcher.start()
-        try:
-            go = ctx.Event()
-            cons = ctx.Process(target=_consume, args=(name, n))
-            prod = ctx.Process(target=_produce, args=(name, n, go))
-            cons.start()
-            prod.start()
-            time.sleep(0.5)  # both sides started and imported before the clock starts
-            t0 = time.perf_counter()
-            go.set()
-            prod.join(120)
-            cons.join(120)
-            elapsed = time.perf_counter() - t0
-            assert prod.exitcode == 0 and cons.exitcode == 0
-            assert log.stats()["groups"]["work"]["low"] == n
-            return elapsed
-        finally:
-            stop.set()
-            if watcher is not None:
-                watcher.join(10)
-            log.unlink()
-            log.close()
+            run["procs"].append(ctx.Process(target=_observe, args=(
+                run["name"], 0.1 if observer == "10-per-second" else 0.0, watching, stop)))
+        else:
+            watching.set()
+        run["cons"] = ctx.Process(target=_consume, args=(run["name"], n, consuming))
+        run["prod"] = ctx.Process(target=_produce, args=(run["name"], n, run["go"]))
+        run["procs"] += [run["cons"], run["prod"]]
+        for p in run["procs"]:
+            p.start()
+        assert watching.wait(60) and consuming.wait(60)
+        time.sleep(0.3)  # the producer has imported fastq too
+        return (run,), {}
 
-    elapsed = benchmark.pedantic(one_run, rounds=1 if quick else 3, iterations=1)
-    benchmark.extra_info["records_per_second"] = round(n / elapsed) if elapsed else None
+    def pipeline(run):
+        run["go"].set()
+        run["prod"].join(120)
+        run["cons"].join(120)
+
+    try:
+        benchmark.pedantic(pipeline, setup=setup, rounds=1 if quick else 5, iterations=1)
+        for run in runs:
+            assert run["prod"].exitcode == 0 and run["cons"].exitcode == 0
+            assert run["log"].stats()["groups"]["work"]["low"] == n
+    finally:
+        for run in runs:
+            run["stop"].set()
+            for p in run["procs"]:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+            run["log"].unlink()
+            run["log"].close()
     benchmark.extra_info["records"] = n
