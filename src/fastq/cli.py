@@ -405,9 +405,8 @@ def cmd_groups(a: argparse.Namespace) -> int:
             before = log.stats()["groups"].get(a.group)
             if before is None:
                 raise _ops.OpsError(f"no group named {a.group!r} in {a.target}")
-            where = _reset_target(log, parse_position(a.to, "--to"))
             try:
-                live = log._ring._group_reset(a.group, *where, a.force)
+                live = log.reset_group(a.group, parse_position(a.to, "--to"), force=a.force)
             except _core.FastqError as e:
                 holders = [m for m in log.members()
                            if m["alive"] and not m["self"] and m["role"] == "consumer" and m["group"] == a.group]
@@ -426,16 +425,6 @@ def cmd_groups(a: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         log.close()
-
-
-def _reset_target(log: Log, to: Any) -> tuple:
-    if isinstance(to, _dt.datetime):
-        if not log.durable:
-            raise _ops.OpsError("--to TIME needs a durable log (a shared-memory ring keeps no time index)")
-        return 2, log._ring._seek(None, to.timestamp())[0]
-    if isinstance(to, int):
-        return 2, to
-    return {"earliest": 0, "latest": 1}[to], 0
 
 
 def _format_record(r: Record, fmt: str) -> bytes:

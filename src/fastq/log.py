@@ -446,17 +446,7 @@ class Log:
         retry = None if retry is _UNSET else retry
         dead_letter = True if dead_letter is _UNSET else dead_letter
         window = 1024 if window is _UNSET else window
-        if isinstance(start, _dt.datetime):
-            self._need_durable("group(start=datetime)")
-            kind, seq = 2, self._ring._seek(None, start.timestamp())[0]
-        elif isinstance(start, str):
-            if start not in _START:
-                raise ValueError(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
-            kind, seq = _START[start], 0
-        elif isinstance(start, int) and not isinstance(start, bool) and start >= 0:
-            kind, seq = 2, start
-        else:
-            raise ValueError(f"start must be 'earliest', 'latest' or a non-negative offset, not {start!r}")
+        kind, seq = self._position(start, "start", "group")
         vis = 0.0 if visibility_timeout is None else float(visibility_timeout)
         if not 0 <= vis < 4e6:
             raise ValueError("visibility_timeout must be None or between 0 and 4,000,000 seconds")
@@ -501,25 +491,30 @@ class Log:
         self._ring._group_delete(name)
         self._groups.pop(name, None)
 
-    def reset_group(self, name: str, to: Start = "earliest", *, force: bool = False) -> None:
+    def reset_group(self, name: str, to: Start = "earliest", *, force: bool = False) -> int:
         """Move group ``name`` to ``to`` ("earliest", "latest", an offset, or a
         ``datetime`` for durable logs), like Kafka's ``--reset-offsets``.  The
         group keeps its settings; its leases, retries and counters start
         afresh.  Refused (``FastqError``) while the group has live consumers,
         unless ``force``: they then see the group as deleted (``FastqError``
-        on their next call) and must attach again."""
-        if isinstance(to, _dt.datetime):
-            self._need_durable("reset_group(to=datetime)")
-            kind, seq = 2, self._ring._seek(None, to.timestamp())[0]
-        elif isinstance(to, str):
-            if to not in _START:
-                raise ValueError(f"to must be 'earliest', 'latest', an offset or a datetime, not {to!r}")
-            kind, seq = _START[to], 0
-        elif isinstance(to, int) and not isinstance(to, bool) and to >= 0:
-            kind, seq = 2, to
-        else:
-            raise ValueError(f"to must be 'earliest', 'latest', a non-negative offset or a datetime, not {to!r}")
-        self._ring._group_reset(name, kind, seq, bool(force))
+        on their next call) and must attach again.  Returns how many live
+        consumers were detached."""
+        kind, seq = self._position(to, "to", "reset_group")
+        return self._ring._group_reset(name, kind, seq, bool(force))
+
+    def _position(self, where: Start, what: str, call: str) -> tuple:
+        """(start kind, offset) of a group position: "earliest", "latest", an
+        offset, or a datetime (durable logs: looked up in the time index)."""
+        if isinstance(where, _dt.datetime):
+            self._need_durable(f"{call}({what}=datetime)")
+            return 2, self._ring._seek(None, where.timestamp())[0]
+        if isinstance(where, str):
+            if where not in _START:
+                raise ValueError(f"{what} must be 'earliest', 'latest', an offset or a datetime, not {where!r}")
+            return _START[where], 0
+        if isinstance(where, int) and not isinstance(where, bool) and where >= 0:
+            return 2, where
+        raise ValueError(f"{what} must be 'earliest', 'latest', a non-negative offset or a datetime, not {where!r}")
 
     # -- monitoring
     def members(self) -> List[Dict[str, Any]]:
