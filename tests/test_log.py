@@ -930,3 +930,27 @@ def test_consumer_of_deleted_group_does_not_read_its_successor(unique_name):
     finally:
         log.unlink()
         log.close()
+
+
+def test_get_on_a_full_window_sleeps_and_wakes_on_the_ack(mklog):
+    """Another consumer holds every lease of the group's window while more
+    records wait: a blocking get sleeps (no CPU) and resumes as soon as an
+    ack frees the window (E3), not at its timeout."""
+    log = mklog(capacity=1 << 16)
+    g = log.group("g", visibility_timeout=None, window=4)
+    log.append_many([b"r%d" % i for i in range(10)])
+    with g.consumer() as holder, g.consumer() as waiter:
+        held = holder.get_many(4, timeout=1)
+        assert len(held) == 4
+        got = []
+        t = threading.Thread(target=lambda: got.append(waiter.get(timeout=10)))
+        c0, w0 = time.process_time(), time.monotonic()
+        t.start()
+        time.sleep(0.6)
+        cpu = time.process_time() - c0
+        assert not got and cpu < 0.1 * (time.monotonic() - w0), f"{cpu:.3f} s of CPU while waiting"
+        t_ack = time.monotonic()
+        assert holder.ack(held) == 4
+        t.join(5)
+        assert got and got[0].offset == 4
+        assert time.monotonic() - t_ack < 1.0

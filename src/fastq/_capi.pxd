@@ -142,6 +142,7 @@ cdef extern from "fq.h" nogil:
     int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin_ns)
     int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns)
     int fq_wait_done(fq_queue *q, int64_t deadline_ns)
+    void fq_wake_all(fq_queue *q)
     int64_t fq_now_ns()
     int64_t fq_clock_skew_ns
 

@@ -499,6 +499,8 @@ cdef class Ring:
         if self._closed:
             return
         self._closed = True
+        if self._inflight and self._mapped:
+            N.fq_wake_all(&self.q)  # threads parked on this handle return now, not at their slice's end
         self._release_if_idle()
 
     cdef void _release_if_idle(self):
@@ -533,6 +535,34 @@ cdef class Ring:
             self._join()
         N.fq_maintain(&self.q, 0)
         return 0
+
+    def _park(self, int kind, uint32_t g=0, double timeout=1.0, uint64_t records=1, uint64_t nbytes=0):
+        """Block the calling thread, without the GIL, until group g may have
+        a record to take (kind 0) or a claim of (records, nbytes) may fit
+        (kind 1), or ``timeout`` seconds pass, or ``_wake_all()``.  Returns
+        True if the condition held when it returned.  fastq.aio's parked
+        waiter runs it in its own thread, never in an event loop."""
+        cdef int64_t deadline
+        cdef int rc
+        self._ensure()
+        deadline = N.fq_now_ns() + <int64_t>(max(timeout, 0.0) * 1e9)
+        self._inflight += 1
+        with nogil:
+            if kind == 0:
+                rc = N.fq_wait_data(&self.q, g, deadline, 0)
+            else:
+                rc = N.fq_wait_space(&self.q, records, nbytes, deadline)
+        self._inflight -= 1
+        if self._closed:
+            self._release_if_idle()
+            raise ValueError(f"Queue {self!r} is closed")
+        N.fq_maintain(&self.q, 0)
+        return rc == N.FQ_OK
+
+    def _wake_all(self):
+        """Wake every waiter of this queue (each re-checks its condition)."""
+        if self._mapped:
+            N.fq_wake_all(&self.q)
 
     # ---- produce --------------------------------------------------------
     cdef int _claim(self, const uint32_t *lens, uint32_t n, uint64_t nbytes, uint64_t *seq, bint block,

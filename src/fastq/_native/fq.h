@@ -218,6 +218,7 @@ uint64_t fq_unfinished(fq_queue *q);
 int fq_wait_data(fq_queue *q, uint32_t g, int64_t deadline_ns, uint32_t spin_ns);  /* spin_ns: busy-wait first */
 int fq_wait_space(fq_queue *q, uint64_t n_records, uint64_t n_bytes, int64_t deadline_ns);
 int fq_wait_done(fq_queue *q, int64_t deadline_ns);
+void fq_wake_all(fq_queue *q); /* every waiter of the queue re-checks (fastq.aio stops its parked waiter) */
 int64_t fq_now_ns(void);       /* CLOCK_MONOTONIC (+ fq_clock_skew_ns, a test hook) */
 extern int64_t fq_clock_skew_ns;
 int64_t fq_realtime_ns(void);  /* CLOCK_REALTIME */
@@ -238,7 +239,7 @@ enum { FQ_RECOVER_AUTO = 0, FQ_RECOVER_FORCE = 1 };
 enum { FQ_CORRUPT_REFUSE = 0, FQ_CORRUPT_SKIP = 1 };
 typedef struct fq_recovery_report {
     int ran;                    /* 1 if a cold recovery ran at open */
-    int reason;                 /* 1 new boot, 2 forced, 3 checkpoint missing */
+    int reason;                 /* 1 new boot, 2 forced, 3 no checkpoint (and no other cause), 4 inconsistent shared state */
     uint64_t ckpt_seq, ckpt_pos;    /* where the scan started */
     uint64_t tail_seq, tail_pos;    /* end of the valid prefix */
     uint64_t scanned;           /* records verified */

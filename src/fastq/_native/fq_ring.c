@@ -562,9 +562,11 @@ int fq__take_ready(fq_queue *q, uint32_t g)
     uint64_t nd = atomic_load_explicit(&G->g_next_deadline, FQ_ACQUIRE);
     if (nd != (uint64_t)INT64_MAX && (int64_t)nd <= fq_now_ns())
         return 1;
-    uint64_t low = atomic_load_explicit(&G->g_low, FQ_ACQUIRE);
+    uint64_t low = atomic_load_explicit(&G->g_low, FQ_SEQCST);
     uint64_t disp = atomic_load_explicit(&G->g_dispatch, FQ_RELAXED);
     uint64_t s = (int64_t)(disp - low) > 0 ? disp : low;
+    if (s - low >= fq__gw(q, g))
+        return 0; /* window full: nothing is takeable until an ack moves g_low (E3 wakes us) */
     /* seq_cst: the re-check half of the E1 Dekker pair with P4. */
     uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_SEQCST);
     unsigned st = fq__cw_st(cw);
@@ -695,7 +697,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
      * (the hint is a lower bound of all of them from here on). */
     if (leased_new && deadline)
         fq__deadline_insert(G, (uint64_t)deadline);
-    fq__cas_max(&G->g_dispatch, s, FQ_RELAXED); /* a hint only */
+    fq__cas_max(&G->g_dispatch, s, FQ_SEQCST); /* a hint; seq_cst for E3 (a lock cmpxchg either way on x86) */
     if (skipped || corrupt)
         fq__advance_low(q, g);
     *n_out = n;
@@ -741,8 +743,17 @@ void fq__advance_low(fq_queue *q, uint32_t g)
         }
     }
     FQ_CRASHPOINT("cons.after_low");
-    if (moved)
+    if (moved) {
         fq__ec_notify_if_waiters(&q->ctrl->c_space_ec); /* E2 */
+        /* E3: takers stopped by a full window (g_dispatch >= old low + W)
+         * wait for this move.  Dekker pair with fq_take's seq_cst g_dispatch
+         * store and fq__take_ready's seq_cst g_low load: either the waiter's
+         * re-check sees the new low, or we see its dispatch and its waiter
+         * count and wake it.  Only then: acks with idle consumers waiting for
+         * new records wake nobody. */
+        if (atomic_load_explicit(&G->g_dispatch, FQ_SEQCST) - l0 >= W)
+            fq__ec_notify_if_waiters(&q->ctrl->c_data_ec);
+    }
 }
 
 static int fq__finish(fq_queue *q, uint32_t g, const fq_msg *msgs, uint32_t n, unsigned state, uint32_t *done)

@@ -184,3 +184,12 @@ int fq_wait_done(fq_queue *q, int64_t deadline_ns)
 {
     return fq__wait_generic(q, &q->ctrl->c_done_ec, FQ_W_DONE, fq__cond_done, 0, 0, deadline_ns, 0);
 }
+
+/* Wake every waiter of this queue (all processes) so each re-checks its
+ * condition: fastq.aio's parked waiter uses it to stop promptly when its
+ * handle closes.  Spurious wake-ups are harmless by the eventcount protocol. */
+void fq_wake_all(fq_queue *q)
+{
+    fq__ec_wake_all(&q->ctrl->c_data_ec);
+    fq__ec_wake_all(&q->ctrl->c_space_ec);
+}
