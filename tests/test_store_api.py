@@ -317,7 +317,7 @@ def test_reopen_same_process_keeps_records_and_keys(store):
     items = [(rec(i), key(i) if i % 3 else None) for i in range(400)]
     for d, k in items[:200]:
         log.append(d, key=k)
-    log.append_many([d for d, _ in items[200:]], keys=[k or b"" for _, k in items[200:]])
+    log.append_many([d for d, _ in items[200:]], keys=[k for _, k in items[200:]])  # None: no key
     want = digest((i, k, d) for i, (d, k) in enumerate(items))
     assert digest(read_triples(log)) == want
     log.close()
@@ -450,7 +450,7 @@ def test_many_segment_rolls_named_by_position(store):
     want = digest((i, key(i) if i % 2 else None, rec(i)) for i in range(n))
     for i in range(0, n, 100):
         log.append_many([rec(j) for j in range(i, i + 50)],
-                        keys=[key(j) if j % 2 else b"" for j in range(i, i + 50)])
+                        keys=[key(j) if j % 2 else None for j in range(i, i + 50)])
         for j in range(i + 50, i + 100):
             log.append(rec(j), key=key(j) if j % 2 else None)
     segs = seg_files(log.name)
@@ -528,7 +528,7 @@ def test_max_size_records_fill_segments_exactly(store):
 def filled(store):
     """A log of 600 records (keys on odd offsets) over ~8 segments."""
     log = store.open()
-    log.append_many([rec(i) for i in range(600)], keys=[key(i) if i % 2 else b"" for i in range(600)])
+    log.append_many([rec(i) for i in range(600)], keys=[key(i) if i % 2 else None for i in range(600)])
     assert len(seg_files(log.name)) >= 5
     return log
 

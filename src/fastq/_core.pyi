@@ -1,4 +1,4 @@
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import queue as _queue
 
@@ -51,6 +51,8 @@ class Message:
     def key(self) -> Optional[bytes]: ...
     @property
     def timestamp(self) -> float: ...
+    @property
+    def headers(self) -> Dict[str, Union[str, bytes]]: ...
     @property
     def deliveries(self) -> int: ...
     @property

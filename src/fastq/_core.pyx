@@ -25,6 +25,8 @@ from cpython.ref cimport Py_INCREF
 from . cimport _capi as N
 
 import errno as _errno
+
+from . import _meta
 import multiprocessing.process as _mp_process
 import os as _os
 import queue as _queue
@@ -111,6 +113,20 @@ cdef bytes _as_bytes(object b, str what):
     if not PyObject_CheckBuffer(b):
         raise TypeError(f"{what} must be bytes-like, not {type(b).__name__!r}")
     return bytes(memoryview(b).cast('B'))
+
+
+cdef tuple _prefix(N.fq_msg *m):
+    """(key, raw headers) of a record: its bare key, or the parts of its meta
+    region (fastq._meta); (None, None) without a prefix."""
+    if not (m.flags & (N.FQ_MSG_KEY | N.FQ_MSG_META)):
+        return None, None
+    p = PyBytes_FromStringAndSize(<const char *>m.data, m.key_len)
+    if not (m.flags & N.FQ_MSG_META):
+        return p, None
+    try:
+        return _meta.split(p, bool(m.flags & N.FQ_MSG_KEY))
+    except ValueError as e:
+        raise CorruptRecordError(f"record {m.seq}: {e}", m.seq) from None
 
 
 cdef bytes _encode_name(object name):
@@ -402,9 +418,8 @@ cdef class Ring:
             if m.seq >= end:
                 break
             k = m.key_len
-            out.append((m.seq, m.ts_ns,
-                        PyBytes_FromStringAndSize(<const char *>m.data, k) if m.flags & N.FQ_MSG_KEY else None,
-                        PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
+            key, hraw = _prefix(&m)
+            out.append((m.seq, m.ts_ns, key, PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k), hraw))
         return out, c.seq, c.pos
 
     def _peek_batch(self, uint64_t seq, uint32_t maxn):
@@ -431,9 +446,9 @@ cdef class Ring:
                 rc = N.fq_peek(&self.q, seq, buf, cap, &m, &floor)
                 if rc == N.FQ_OK:
                     k = m.key_len
-                    out.append((m.seq, m.ts_ns,
-                                PyBytes_FromStringAndSize(<const char *>m.data, k) if m.flags & N.FQ_MSG_KEY else None,
-                                PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k)))
+                    key, hraw = _prefix(&m)
+                    out.append((m.seq, m.ts_ns, key, PyBytes_FromStringAndSize(<const char *>m.data + k, m.len - k),
+                                hraw))
                     seq += 1
                 elif rc == N.FQ_ERR_LOST:
                     seq += 1  # a dead producer's gap: no record
@@ -602,20 +617,23 @@ cdef class Ring:
             self._ensure()
         self._put_one(obj if self._dumps is None else self._dumps(obj), block, timeout, &seq)
 
-    def _append(self, data, block=True, timeout=None, key=None):
-        """Append one raw record (with an optional key); returns its offset (seq)."""
+    def _append(self, data, block=True, timeout=None, key=None, int kflags=1):
+        """Append one raw record with an optional prefix ``key``: the key
+        (kflags 1), or a meta region (fastq._meta: kflags & 2, & 1 = has a
+        key); returns its offset (seq)."""
         cdef uint64_t seq
         if self._closed or self.q.member < 0:
             self._ensure()
         if key is None:
             self._put_one(data, block, timeout, &seq)
         else:
-            self._put_keyed(key, data, block, timeout, &seq)
+            self._put_keyed(key, data, block, timeout, &seq, kflags)
         if self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
             self._sync_upto(seq + 1)
         return seq
 
-    cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq) except -1:
+    cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq,
+                        int kflags=1) except -1:
         cdef bytes k = _as_bytes(key, "key")
         cdef bytes d = _as_bytes(data, "data")
         cdef Py_ssize_t kl = PyBytes_GET_SIZE(k), dl = PyBytes_GET_SIZE(d)
@@ -631,7 +649,7 @@ cdef class Ring:
         dst = N.fq_payload(&self.q, seq[0])
         memcpy(dst, PyBytes_AS_STRING(k), kl)
         memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
-        N.fq_set_key_len(&self.q, seq[0], <uint32_t>kl)
+        N.fq_set_prefix(&self.q, seq[0], <uint32_t>kl, kflags & 1, kflags & 2)
         N.fq_commit(&self.q, seq[0], 1)
         return 0
 
@@ -688,26 +706,36 @@ cdef class Ring:
             return self._put_array(items, block, timeout)
         self._put_datas(self._prepare(items, self._dumps), block, timeout, None)
 
-    def _append_many(self, items, block=True, timeout=None, keys=None):
-        """Append raw records (keys: None or one key per item); returns their offsets."""
+    def _append_many(self, items, block=True, timeout=None, keys=None, kflags=None):
+        """Append raw records (keys: None or one prefix per item, a key or
+        None; kflags: None (every non-None prefix is a key) or one flags int
+        per item, as _append's); returns their offsets."""
         if self._closed or self.q.member < 0:
             self._ensure()
         cdef list offsets = []
         cdef list klens = None
+        cdef list kfl = None
         datas = self._prepare(items, None)
         if keys is not None:
-            keys = [_as_bytes(k, "key") for k in keys]
-            if len(keys) != len(datas):
+            keys = list(keys)
+            if len(keys) != len(datas) or (kflags is not None and len(kflags) != len(datas)):
                 raise ValueError(f"append_many got {len(datas)} items and {len(keys)} keys")
             klens = []
+            kfl = []
             for i, k in enumerate(keys):
+                if k is None:
+                    klens.append(0)
+                    kfl.append(0)
+                    continue
+                k = _as_bytes(k, "key")
                 if len(k) > 4096:
                     raise ValueError(f"key of {len(k)} bytes is longer than 4096 bytes")
                 if len(k) + len(datas[i]) > N.fq_max_payload(&self.q):
                     self._too_big(len(k) + len(datas[i]))
                 datas[i] = k + datas[i]
                 klens.append(len(k))
-        self._put_datas(datas, block, timeout, offsets, klens)
+                kfl.append(1 if kflags is None else int(kflags[i]))
+        self._put_datas(datas, block, timeout, offsets, klens, kfl)
         if offsets and self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
             self._sync_upto(offsets[len(offsets) - 1] + 1)  # one flush for the whole batch
         return offsets
@@ -727,7 +755,8 @@ cdef class Ring:
             datas.append(d)
         return datas
 
-    cdef int _put_datas(self, list datas, object block, object timeout, list offsets, list klens=None) except -1:
+    cdef int _put_datas(self, list datas, object block, object timeout, list offsets, list klens=None,
+                        list kfl=None) except -1:
         cdef Py_ssize_t n = len(datas), i = 0, j, k
         cdef uint64_t limit = N.fq_batch_limit(&self.q)
         cdef uint64_t half = self.q.cap // 2, nbytes, fb, seq
@@ -756,8 +785,8 @@ cdef class Ring:
                 for k in range(j - i):
                     d = datas[i + k]
                     memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
-                    if klens is not None and klens[i + k]:
-                        N.fq_set_key_len(&self.q, seq + k, <uint32_t>klens[i + k])
+                    if kfl is not None and kfl[i + k]:
+                        N.fq_set_prefix(&self.q, seq + k, <uint32_t>klens[i + k], kfl[i + k] & 1, kfl[i + k] & 2)
                 N.fq_commit(&self.q, seq, <uint32_t>(j - i))
                 if offsets is not None:
                     offsets.extend(range(seq, seq + <uint64_t>(j - i)))
@@ -1084,8 +1113,8 @@ cdef class Ring:
             m._m = self._msgs[i]
             m._m.data = NULL
             kl = self._msgs[i].key_len
-            if self._msgs[i].flags & N.FQ_MSG_KEY:
-                m.key = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data, kl)
+            if self._msgs[i].flags & (N.FQ_MSG_KEY | N.FQ_MSG_META):
+                m.key, m._hraw = _prefix(&self._msgs[i])
             m.data = PyBytes_FromStringAndSize(<const char *>self._msgs[i].data + kl, self._msgs[i].len - kl)
             m._ring = self
             m._g = g
@@ -1220,6 +1249,7 @@ cdef class Message:
     cdef readonly object key
     cdef readonly object group
     cdef object _consumer
+    cdef object _hraw          # raw headers of the meta region (None: no headers)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Message objects come from Consumer.get()")
@@ -1235,6 +1265,11 @@ cdef class Message:
     @property
     def timestamp(self):
         return self._m.ts_ns / 1e9
+
+    @property
+    def headers(self):
+        """The record's headers: a dict of str to str or bytes ({} if none)."""
+        return _meta.decode_headers(self._hraw) if self._hraw else {}
 
     @property
     def _must_dead_letter(self):

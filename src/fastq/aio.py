@@ -31,9 +31,9 @@ import asyncio
 import threading
 import time
 import weakref
-from typing import Any, AsyncIterator, Iterable, List, Optional, Set, Union
+from typing import Any, AsyncIterator, Iterable, List, Mapping, Optional, Set, Union
 
-from . import _core
+from . import _core, _meta
 from .log import Consumer, Log, Message
 from .queue import Queue
 
@@ -302,45 +302,51 @@ class AsyncLog:
         self._h = _Handle(log._ring)
 
     async def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
+                     headers: Optional[Mapping[str, Union[str, bytes]]] = None,
                      timeout: Optional[float] = None) -> int:
-        return (await self._append([data], None if key is None else [key], timeout))[0]
+        return (await self._append([data], None if key is None else [key],
+                                   None if headers is None else [headers], timeout))[0]
 
     async def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
-                          keys: Optional[Iterable[bytes]] = None, timeout: Optional[float] = None) -> List[int]:
-        return await self._append(list(items), None if keys is None else list(keys), timeout)
+                          keys: Optional[Iterable[Optional[bytes]]] = None,
+                          headers: Optional[Iterable[Optional[Mapping[str, Union[str, bytes]]]]] = None,
+                          timeout: Optional[float] = None) -> List[int]:
+        return await self._append(list(items), None if keys is None else list(keys),
+                                  None if headers is None else list(headers), timeout)
 
-    async def _append(self, items: list, keys: Optional[list], timeout: Optional[float]) -> List[int]:
+    async def _append(self, items: list, keys: Optional[list], headers: Optional[list],
+                      timeout: Optional[float]) -> List[int]:
         if self.log.durable and self.log._fsync == "always":
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, lambda: self.log.append_many(items, keys=keys))
+            return await loop.run_in_executor(None, lambda: self.log.append_many(items, keys=keys, headers=headers))
         deadline = _deadline(timeout)
         ring = self.log._ring
+        n = len(items)
+        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
+            raise ValueError(f"append_many got {n} items, {len(keys or ())} keys and {len(headers or ())} headers")
         items = [_as_bytes(x, "data") for x in items]
-        if keys is not None:
-            keys = [_as_bytes(k, "key") for k in keys]
-        sizes = [len(x) + (len(keys[i]) if keys is not None and i < len(keys) else 0) for i, x in enumerate(items)]
-        parts = _claims(ring, sizes)
-        if len(parts) > 1:
-            # a claim of the batch can be Full after earlier claims were committed:
-            # append claim by claim (a retry must not append committed records
-            # again), so check the whole batch first, as append_many does
-            maxp = min(ring.capacity // 4, 0xFFFFFFF0) - 32
-            if keys is not None and len(keys) != len(items):
-                raise ValueError(f"append_many got {len(items)} items and {len(keys)} keys")
-            if keys is not None and any(len(k) > 4096 for k in keys):
-                raise ValueError("a key is longer than 4096 bytes")
-            if any(n > maxp for n in sizes):
-                raise ValueError(f"a record is larger than the largest record this log can hold ({maxp} bytes)")
+        # every record's prefix (key, or key and headers) encoded and checked before anything is appended
+        enc = [_meta.encode(None if keys is None or keys[i] is None else _as_bytes(keys[i], "key"),
+                            None if headers is None else headers[i]) for i in range(n)]
+        prefixes, flags = [e[0] for e in enc], [e[1] for e in enc]
+        sizes = [len(x) + (len(p) if p is not None else 0) for x, p in zip(items, prefixes)]
+        maxp = min(ring.capacity // 4, 0xFFFFFFF0) - 32
+        if any(p is not None and len(p) > 4096 for p in prefixes):
+            raise ValueError("a key is longer than 4096 bytes")
+        if any(k > maxp for k in sizes):
+            raise ValueError(f"a record is larger than the largest record this log can hold ({maxp} bytes)")
+        # a claim of the batch can be Full after earlier claims were committed:
+        # append claim by claim, so a retry never appends committed records again
         offsets: List[int] = []
-        for i, j, nbytes in parts:
-            chunk, ck = items[i:j], None if keys is None else keys[i:j]
+        for i, j, nbytes in _claims(ring, sizes):
+            args = (items[i:j], True, 0, prefixes[i:j], flags[i:j])
             while True:
                 try:
-                    offsets += self.log.append_many(chunk, keys=ck, timeout=0)
+                    offsets += ring._append_many(*args)
                     break
                 except Full:
                     if not await _park(self._h.parker(1).wait((j - i, nbytes)), deadline):
-                        offsets += self.log.append_many(chunk, keys=ck, timeout=0)
+                        offsets += ring._append_many(*args)
                         break
         return offsets
 

@@ -431,8 +431,10 @@ def _format_record(r: Record, fmt: str) -> bytes:
     if fmt == "raw":
         return r.data + b"\n"
     if fmt == "json":
-        return (json.dumps({"offset": r.offset, "timestamp": r.timestamp, "key": _bytes_json(r.key),
-                            "data": _bytes_json(r.data)}, sort_keys=True) + "\n").encode()
+        obj = {"offset": r.offset, "timestamp": r.timestamp, "key": _bytes_json(r.key), "data": _bytes_json(r.data)}
+        if r.headers:
+            obj["headers"] = {k: _bytes_json(v) if isinstance(v, bytes) else v for k, v in r.headers.items()}
+        return (json.dumps(obj, sort_keys=True) + "\n").encode()
     ts = _dt.datetime.fromtimestamp(r.timestamp).isoformat(timespec="milliseconds")
     if fmt == "pickle":
         try:
@@ -442,7 +444,8 @@ def _format_record(r: Record, fmt: str) -> bytes:
     else:
         body = repr(r.data)
     key = f" key={r.key!r}" if r.key is not None else ""
-    return f"{r.offset} {ts}{key} {body}\n".encode("utf-8", "backslashreplace")
+    hdr = f" headers={r.headers!r}" if r.headers else ""
+    return f"{r.offset} {ts}{key}{hdr} {body}\n".encode("utf-8", "backslashreplace")
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
@@ -506,7 +509,8 @@ def _dl_row(r: Record, dl: Optional[DeadLetter], handled: bool) -> Dict[str, Any
         return {"dlq_offset": r.offset, "error": "not a fastq dead-letter record", "handled": handled}
     return {"dlq_offset": r.offset, "log": dl.log, "group": dl.group, "offset": dl.offset,
             "deliveries": dl.deliveries, "reason": dl.reason, "timestamp": dl.timestamp, "dead_at": r.timestamp,
-            "key": _bytes_json(dl.key), "size": len(dl.data), "handled": handled}
+            "key": _bytes_json(dl.key), "size": len(dl.data), "handled": handled,
+            "headers": {k: _bytes_json(v) if isinstance(v, bytes) else v for k, v in (dl.headers or {}).items()}}
 
 
 def cmd_dlq(a: argparse.Namespace) -> int:
@@ -585,7 +589,7 @@ def _dlq_action(a: argparse.Namespace, log: Log, dlq: Log) -> int:
                         if target is None:
                             target = _requeue_target(a, log, dl)
                         try:
-                            target.append(dl.data, key=dl.key, timeout=10.0)
+                            target.append(dl.data, key=dl.key, headers=dl.headers, timeout=10.0)
                         except queue.Full:
                             raise _ops.OpsError(f"{target.name} stayed full for 10 s (its groups hold all its "
                                                 f"space); requeued so far: {done}") from None

@@ -22,10 +22,10 @@ import random
 import threading
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
-from . import _core
+from . import _core, _meta
 from ._core import Message
 from .queue import _live
 
@@ -81,14 +81,17 @@ class DeadLetter:
     timestamp: float
     data: bytes
     key: Optional[bytes] = None
+    headers: Optional[Dict[str, Union[str, bytes]]] = None
 
     def encode(self) -> bytes:
-        return pickle.dumps(("fastq.dlq/2", self.log, self.group, self.offset, self.deliveries, self.reason,
-                             self.timestamp, self.data, self.key), protocol=4)
+        return pickle.dumps(("fastq.dlq/3", self.log, self.group, self.offset, self.deliveries, self.reason,
+                             self.timestamp, self.data, self.key, self.headers or None), protocol=4)
 
     @classmethod
     def decode(cls, raw: bytes) -> "DeadLetter":
         t = pickle.loads(raw)
+        if isinstance(t, tuple) and len(t) == 10 and t[0] == "fastq.dlq/3":
+            return cls(*t[1:])
         if isinstance(t, tuple) and len(t) == 9 and t[0] == "fastq.dlq/2":
             return cls(*t[1:])
         if isinstance(t, tuple) and len(t) == 8 and t[0] == "fastq.dlq/1":
@@ -132,6 +135,7 @@ class Record:
     timestamp: float      # seconds since the epoch, when it was appended
     key: Optional[bytes]
     data: bytes
+    headers: Dict[str, Union[str, bytes]] = field(default_factory=dict)
 
 
 def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_CAPACITY, max_groups: int = 16,
@@ -174,6 +178,14 @@ def _count_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
+
+
+def _key_bytes(key: Any) -> Optional[bytes]:
+    if key is None or type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        raise TypeError("key must be bytes-like, not str (encode it first)")
+    return bytes(memoryview(key).cast("B"))
 
 
 def _open_pickled(name: str, durable: bool) -> "Log":
@@ -302,23 +314,38 @@ class Log:
 
     # -- producing
     def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
-               timeout: Optional[float] = None) -> int:
-        """Append one record (with an optional ``key``, bytes); returns its
-        offset.  A shared-memory log blocks while the slowest group holds the
-        space (``timeout`` -> ``queue.Full``); a durable log never waits for
+               headers: Optional[Mapping[str, Union[str, bytes]]] = None, timeout: Optional[float] = None) -> int:
+        """Append one record (with an optional ``key``, bytes, and
+        ``headers``, a small mapping of str to str or bytes: at most 64, key
+        and headers at most 4 KiB together); returns its offset.  A
+        shared-memory log blocks while the slowest group holds the space
+        (``timeout`` -> ``queue.Full``); a durable log never waits for
         groups."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()  # a forked child has no flusher thread yet
+        if headers:
+            prefix, flags = _meta.encode(_key_bytes(key), headers)
+            return self._ring._append(data, True, timeout, prefix, flags)
         return self._ring._append(data, True, timeout, key)
 
     def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
-                    keys: Optional[Iterable[bytes]] = None, timeout: Optional[float] = None) -> List[int]:
-        """Append records with as few claims as possible (``keys``: one per
-        item); returns their offsets.  With ``fsync="always"`` the whole batch
-        shares one flush."""
+                    keys: Optional[Iterable[Optional[bytes]]] = None,
+                    headers: Optional[Iterable[Optional[Mapping[str, Union[str, bytes]]]]] = None,
+                    timeout: Optional[float] = None) -> List[int]:
+        """Append records with as few claims as possible (``keys``, ``headers``:
+        one per item, None for none); returns their offsets.  With
+        ``fsync="always"`` the whole batch shares one flush."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()
-        return self._ring._append_many(items, True, timeout, None if keys is None else list(keys))
+        if headers is None:
+            return self._ring._append_many(items, True, timeout, None if keys is None else list(keys))
+        items = list(items)
+        hs = list(headers)
+        ks = [None] * len(items) if keys is None else list(keys)
+        if len(hs) != len(items) or len(ks) != len(items):
+            raise ValueError(f"append_many got {len(items)} items, {len(ks)} keys and {len(hs)} headers")
+        enc = [_meta.encode(_key_bytes(k), h) for k, h in zip(ks, hs)]
+        return self._ring._append_many(items, True, timeout, [e[0] for e in enc], [e[1] for e in enc])
 
     # -- durability, retention, replay (durable logs)
     def _need_durable(self, what: str) -> None:
@@ -395,18 +422,18 @@ class Log:
             recs, seq, pos = self._ring._read_batch(seq, pos, stop, batch)
             if not recs:
                 return
-            for off, ts, key, data in recs:
-                yield Record(off, ts / 1e9, key, data)
+            for off, ts, key, data, hraw in recs:
+                yield Record(off, ts / 1e9, key, data, _meta.decode_headers(hraw) if hraw else {})
 
     def _peek(self, seq: int, stop: int, batch: int) -> Iterator[Record]:
         while seq < stop:
             recs, seq, _ = self._ring._peek_batch(seq, min(batch, stop - seq))
             if not recs:
                 return
-            for off, ts, key, data in recs:
+            for off, ts, key, data, hraw in recs:
                 if off >= stop:
                     return
-                yield Record(off, ts / 1e9, key, data)
+                yield Record(off, ts / 1e9, key, data, _meta.decode_headers(hraw) if hraw else {})
 
     def verify(self) -> int:
         """Check the CRC of every retained record; returns how many records
@@ -768,8 +795,10 @@ class Consumer:
                 else:
                     self._dlq = open(self._dlq_name)
             try:
+                hs = m.headers
                 self._dlq.append(DeadLetter(self.group.log.name, self._name, m.offset, m.deliveries, reason,
-                                            m.timestamp, m.data, m.key).encode(), key=m.key, timeout=0.5)
+                                            m.timestamp, m.data, m.key, hs or None).encode(), key=m.key,
+                                 headers=hs or None, timeout=0.5)
             except _queue.Full:
                 # a shared-memory DLQ whose own groups hold all its space: keep
                 # the message in this group (retried after the backoff) rather

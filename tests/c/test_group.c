@@ -1672,6 +1672,42 @@ static void test_mt_peek_overwritten(void)
     fq_close(&q);
 }
 
+/* fq_set_prefix: the key / meta-region bits of a record reach takers and
+ * fq_peek as FQ_MSG_KEY / FQ_MSG_META with the prefix length. */
+static void test_prefix_flags(void)
+{
+    fq_queue q;
+    FQT_REQUIRE_ST(mklog(&q, 1 << 16, 2, 64, 64), FQ_OK);
+    uint32_t g;
+    FQT_ST(gopen(&q, "p", 64, 0, 0, &g), FQ_OK);
+    struct { uint32_t plen; int key, meta; uint32_t want; } cases[] = {
+        {0, 0, 0, 0}, {3, 1, 0, FQ_MSG_KEY}, {7, 1, 1, FQ_MSG_KEY | FQ_MSG_META}, {6, 0, 1, FQ_MSG_META},
+        {0, 1, 0, FQ_MSG_KEY}};
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint32_t len = 10;
+        uint64_t seq;
+        FQT_REQUIRE_ST(fq_claim(&q, &len, 1, &seq), FQ_OK);
+        memset(fq_payload(&q, seq), 'a' + (int)i, len);
+        if (cases[i].key || cases[i].meta)
+            fq_set_prefix(&q, seq, cases[i].plen, cases[i].key, cases[i].meta);
+        fq_commit(&q, seq, 1);
+        fq_msg m;
+        FQT_ST(take1(&q, g, &m), FQ_OK);
+        FQT_EQ(m.flags & (FQ_MSG_KEY | FQ_MSG_META), cases[i].want);
+        FQT_EQ(m.key_len, cases[i].plen);
+        FQT_EQ(m.len, 10);
+        uint8_t buf[64];
+        fq_msg pm;
+        uint64_t floor;
+        FQT_ST(fq_peek(&q, seq, buf, sizeof buf, &pm, &floor), FQ_OK);
+        FQT_EQ(pm.flags & (FQ_MSG_KEY | FQ_MSG_META), cases[i].want);
+        FQT_EQ(pm.key_len, cases[i].plen);
+        FQT_EQ(buf[0], (uint8_t)('a' + i));
+        FQT_ST(fq_ack(&q, g, &m, 1), FQ_OK);
+    }
+    fq_close(&q);
+}
+
 int main(int argc, char **argv)
 {
     fqt_prog = "test_group";
@@ -1698,6 +1734,7 @@ int main(int argc, char **argv)
     FQT_RUN(test_mt_nack_not_forgotten);
     FQT_RUN(test_mt_create_race);
     FQT_RUN(test_reset);
+    FQT_RUN(test_prefix_flags);
     FQT_RUN(test_mt_reset_peek);
     if (FQT_TSAN) /* the copy races with the overwriting producer by design (validated afterwards) */
         fqt_skip("test_mt_peek_overwritten", "a validated racy copy (seqlock reader)");

@@ -425,12 +425,18 @@ FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
 #define FQ_FR_GAP 0x2u
 #define FQ_FR_PAD 0x4u
 #define FQ_FR_KIND (FQ_FR_DATA | FQ_FR_GAP | FQ_FR_PAD)
-/* f_type: bits 16..31 = key length (the key is the first bytes of the
- * payload), bit 15 = the record has a key (possibly empty), bits 0..14 =
- * record type (0 today).  A GAP frame keeps its record
+/* f_type: bits 16..31 = prefix length (the key, or with FQ_TYPE_META the
+ * meta region, is the first bytes of the payload), bit 15 = the record has a
+ * key (possibly empty), bit 14 = FQ_TYPE_META, bits 0..13 = record type (0).  A GAP frame keeps its record
  * count in f_ts_ns (it has no timestamp). */
 #define FQ_KEY_MAX 4096u
 #define FQ_TYPE_HAS_KEY 0x8000u
+/* bit 14: the prefix is a meta region, not just the key (docs/messages.md):
+ *   [u16 key_len (LE)][key: key_len bytes][headers: u16 n, n x (u8 name_len,
+ *   name, u8 kind, u32 len (LE), value)]
+ * HAS_KEY still says whether there is a key.  The core carries the region
+ * opaquely (CRC'd with the payload); fastq._core parses it. */
+#define FQ_TYPE_META 0x4000u
 static inline uint32_t fq_frame_key_len(const struct fq_frame_hdr *h) { return h->f_type >> 16; }
 
 /* ======================================================================== *

@@ -194,7 +194,7 @@ static inline void fq__msg_from_frame(fq_msg *m, const struct fq_frame_hdr *h, c
     m->data = fr + FQ_FRAME_HDR;
     m->len = h->f_len - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
+    m->flags = ((h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0) | ((h->f_type & FQ_TYPE_META) ? FQ_MSG_META : 0);
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
 }

@@ -445,7 +445,7 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     m->data = q->arena + off + FQ_FRAME_HDR;
     m->len = fl - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = (h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0;
+    m->flags = ((h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0) | ((h->f_type & FQ_TYPE_META) ? FQ_MSG_META : 0);
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
     if (m->key_len > m->len)

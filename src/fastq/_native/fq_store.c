@@ -370,14 +370,19 @@ int fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uin
     return FQ_OK;
 }
 
-void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
+/* The record's payload starts with a prefix of prefix_len bytes: its key
+ * (has_key), or with meta its meta region (FQ_TYPE_META, docs/messages.md). */
+void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, int has_key, int meta)
 {
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
     struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos);
     if (h)
-        h->f_type = (h->f_type & 0x7FFFu) | FQ_TYPE_HAS_KEY | (key_len << 16);
+        h->f_type = (h->f_type & 0x3FFFu) | (has_key ? FQ_TYPE_HAS_KEY : 0) | (meta ? FQ_TYPE_META : 0) |
+                    (prefix_len << 16);
 }
+
+void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len) { fq_set_prefix(q, seq, key_len, 1, 0); }
 
 /* ---- the commit frontier (S4) ------------------------------------------- */
 
