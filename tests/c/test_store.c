@@ -504,11 +504,13 @@ static void test_concurrent_producers(void)
  * word, descriptors, intents, lease windows and the frontier across threads
  * (each clone has its own segment map, as separate handles have). */
 static fq_queue g_base;
+static fq_queue g_snap[NPROD]; /* copied by the main thread before the consumer runs (a copy taken
+                                * in the producer thread would race with the consumer's walker cache) */
 
 static void *clone_producer(void *p)
 {
     struct prod_arg *a = p;
-    fq_queue q = g_base;
+    fq_queue q = g_snap[a->id];
     q.member = -1;
     q.lock_fd = -1;
     q.rd_pos = q.rf_pos = 0;
@@ -547,6 +549,7 @@ static void test_concurrent_clones(void)
     for (int i = 0; i < NPROD; i++) {
         args[i].id = i;
         args[i].base = &g_base;
+        g_snap[i] = g_base;
         pthread_create(&th[i], NULL, clone_producer, &args[i]);
     }
     atomic_store(&g_go, 1);
