@@ -318,6 +318,16 @@ def test_window_full_parked_get_does_not_spin_a_core():
 
 # --------------------------------------------------------------------------- cancellation and timeouts hold no lease
 
+def _ack_exactly_once(log, msgs, n):
+    """Offsets 0..n-1 each delivered once (first delivery), then all acked: nothing pending or unfinished."""
+    offs = [m.offset for m in msgs]
+    assert sorted(offs) == list(range(n)), (len(offs), len(set(offs)))
+    assert all(m.deliveries == 1 for m in msgs)
+    for m in msgs:
+        assert m.ack()
+    assert _pending(log, "g") == 0 and _unfinished(log, "g") == 0
+
+
 def test_cancelled_and_timed_out_gets_hold_no_lease():
     with shm_names() as name:
         log = fastq.open(name, capacity=1 << 18)
@@ -355,12 +365,8 @@ def test_cancelled_and_timed_out_gets_hold_no_lease():
             msgs = [r for r in res if not isinstance(r, BaseException)]
             errs = [r for r in res if isinstance(r, BaseException)]
             assert all(isinstance(e, fastq.Empty) for e in errs)
-            assert sorted(m.offset for m in msgs) == list(range(50))
-            assert all(m.deliveries == 1 for m in msgs)
             assert _pending(log, "g") == 50
-            for m in msgs:
-                assert m.ack()
-            assert _pending(log, "g") == 0 and _unfinished(log, "g") == 0
+            _ack_exactly_once(log, msgs, 50)
         finally:
             _close_quiet(*acs, log)
 
@@ -424,12 +430,7 @@ def test_cancellation_races_with_appends_exactly_once():
                 return got
 
             got = asyncio.run(main())
-            offs = [m.offset for m in got]
-            assert sorted(offs) == list(range(N)), (len(offs), len(set(offs)))
-            assert all(m.deliveries == 1 for m in got)
-            for m in got:
-                assert m.ack()
-            assert _pending(log, "g") == 0 and _unfinished(log, "g") == 0
+            _ack_exactly_once(log, got, N)
         finally:
             _close_quiet(*acs, log)
 
