@@ -39,6 +39,7 @@ cdef extern from "fq.h" nogil:
     enum: FQ_MSG_DEADLETTER
     enum: FQ_MSG_KEY
     enum: FQ_MSG_META
+    enum: FQ_MSG_DELAYED
     enum: FQ_START_EARLIEST
     enum: FQ_START_LATEST
     enum: FQ_START_SEQ
@@ -178,7 +179,7 @@ cdef extern from "fq.h" nogil:
     int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out)
     uint64_t fq_frontier(fq_queue *q)
     void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len)
-    void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, int has_key, int meta)
+    void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, unsigned prefix_flags)
     int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq)
     int64_t fq_realtime_ns()
 

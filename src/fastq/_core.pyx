@@ -124,7 +124,7 @@ cdef tuple _prefix(N.fq_msg *m):
     if not (m.flags & N.FQ_MSG_META):
         return p, None
     try:
-        return _meta.split(p, bool(m.flags & N.FQ_MSG_KEY))
+        return _meta.split(p, bool(m.flags & N.FQ_MSG_KEY), bool(m.flags & N.FQ_MSG_DELAYED))
     except ValueError as e:
         raise CorruptRecordError(f"record {m.seq}: {e}", m.seq) from None
 
@@ -619,8 +619,8 @@ cdef class Ring:
 
     def _append(self, data, block=True, timeout=None, key=None, int kflags=1):
         """Append one raw record with an optional prefix ``key``: the key
-        (kflags 1), or a meta region (fastq._meta: kflags & 2, & 1 = has a
-        key); returns its offset (seq)."""
+        (kflags 1), or a meta region (fastq._meta flags: 2 meta, 1 has a
+        key, 4 delayed); returns its offset (seq)."""
         cdef uint64_t seq
         if self._closed or self.q.member < 0:
             self._ensure()
@@ -649,7 +649,7 @@ cdef class Ring:
         dst = N.fq_payload(&self.q, seq[0])
         memcpy(dst, PyBytes_AS_STRING(k), kl)
         memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
-        N.fq_set_prefix(&self.q, seq[0], <uint32_t>kl, kflags & 1, kflags & 2)
+        N.fq_set_prefix(&self.q, seq[0], <uint32_t>kl, <unsigned>kflags)
         N.fq_commit(&self.q, seq[0], 1)
         return 0
 
@@ -786,7 +786,7 @@ cdef class Ring:
                     d = datas[i + k]
                     memcpy(N.fq_payload(&self.q, seq + k), PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
                     if kfl is not None and kfl[i + k]:
-                        N.fq_set_prefix(&self.q, seq + k, <uint32_t>klens[i + k], kfl[i + k] & 1, kfl[i + k] & 2)
+                        N.fq_set_prefix(&self.q, seq + k, <uint32_t>klens[i + k], <unsigned>kfl[i + k])
                 N.fq_commit(&self.q, seq, <uint32_t>(j - i))
                 if offsets is not None:
                     offsets.extend(range(seq, seq + <uint64_t>(j - i)))

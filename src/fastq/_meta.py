@@ -1,7 +1,8 @@
-"""A record's meta region (docs/messages.md §1): its key and headers, when it
-has headers.  Without headers a record's prefix is its bare key, as before.
+"""A record's meta region (docs/messages.md §1-2): its key and headers, and
+the not-before time of a delayed record.  Without headers or a delay a
+record's prefix is its bare key, as before.
 
-    [u16 key_len][key][u16 n] n x ([u8 name_len][name (UTF-8)][u8 kind][u32 len][value])
+    [i64 not_before_ns (delayed only)][u16 key_len][key][u16 n] n x ([u8 name_len][name (UTF-8)][u8 kind][u32 len][value])
 
 kind 0 = str (UTF-8), 1 = bytes; integers little-endian.  Limits: 64
 headers, names 1..255 bytes, the whole region at most 4096 bytes (the core's
@@ -14,16 +15,30 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 MAX_META = 4096
 MAX_HEADERS = 64
-HAS_KEY, META = 1, 2          # prefix flags passed to the core (fq_set_prefix)
+HAS_KEY, META, DELAYED = 1, 2, 4   # prefix flags passed to the core (fq_set_prefix: FQ_PREFIX_*)
 HeaderValue = Union[str, bytes]
 
 _U16 = struct.Struct("<H")
+_I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 
 
-def encode(key: Optional[bytes], headers: Optional[Mapping[str, HeaderValue]]) -> Tuple[Optional[bytes], int]:
-    """(prefix, flags) for a record with this key and headers; (key, HAS_KEY)
-    or (None, 0) when there are no headers."""
+def encode(key: Optional[bytes], headers: Optional[Mapping[str, HeaderValue]],
+           not_before_ns: Optional[int] = None) -> Tuple[Optional[bytes], int]:
+    """(prefix, flags) for a record with this key, headers and not-before
+    time (ns since the epoch); (key, HAS_KEY) or (None, 0) when there are
+    neither headers nor a delay."""
+    if not_before_ns is not None:
+        body, flags = encode(key, headers)
+        if not flags & META:  # no headers: key length, key, an empty header list
+            k = key or b""
+            if len(k) > MAX_META - 12:
+                raise ValueError(f"key of {len(k)} bytes leaves no room for the delay (at most {MAX_META - 12})")
+            body = _U16.pack(len(k)) + k + _U16.pack(0)
+        assert body is not None
+        if len(body) + 8 > MAX_META:
+            raise ValueError(f"key and headers take {len(body) + 8} bytes with the delay: at most {MAX_META}")
+        return _I64.pack(not_before_ns) + body, META | DELAYED | (HAS_KEY if key is not None else 0)
     if not headers:
         return (key, HAS_KEY) if key is not None else (None, 0)
     if not isinstance(headers, Mapping):
@@ -53,8 +68,10 @@ def encode(key: Optional[bytes], headers: Optional[Mapping[str, HeaderValue]]) -
     return prefix, META | (HAS_KEY if key is not None else 0)
 
 
-def split(prefix: bytes, has_key: bool) -> Tuple[Optional[bytes], bytes]:
+def split(prefix: bytes, has_key: bool, delayed: bool = False) -> Tuple[Optional[bytes], bytes]:
     """(key, raw headers) of a meta region; ValueError if it is malformed."""
+    if delayed:
+        prefix = prefix[8:]
     if len(prefix) < 2:
         raise ValueError("meta region shorter than its key length")
     kl = _U16.unpack_from(prefix)[0]

@@ -28,13 +28,14 @@ loop's thread, in the same step that returns them.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import threading
 import time
 import weakref
 from typing import Any, AsyncIterator, Iterable, List, Mapping, Optional, Set, Union
 
 from . import _core, _meta
-from .log import Consumer, Log, Message
+from .log import Consumer, Log, Message, _not_before_ns
 from .queue import Queue
 
 __all__ = ["AsyncQueue", "AsyncLog", "AsyncConsumer"]
@@ -302,23 +303,27 @@ class AsyncLog:
         self._h = _Handle(log._ring)
 
     async def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
-                     headers: Optional[Mapping[str, Union[str, bytes]]] = None,
-                     timeout: Optional[float] = None) -> int:
-        return (await self._append([data], None if key is None else [key],
-                                   None if headers is None else [headers], timeout))[0]
+                     headers: Optional[Mapping[str, Union[str, bytes]]] = None, delay: Optional[float] = None,
+                     not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None) -> int:
+        return (await self._append([data], None if key is None else [key], None if headers is None else [headers],
+                                   _not_before_ns(delay, not_before), timeout))[0]
 
     async def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
                           keys: Optional[Iterable[Optional[bytes]]] = None,
                           headers: Optional[Iterable[Optional[Mapping[str, Union[str, bytes]]]]] = None,
+                          delay: Optional[float] = None, not_before: Optional[_dt.datetime] = None,
                           timeout: Optional[float] = None) -> List[int]:
         return await self._append(list(items), None if keys is None else list(keys),
-                                  None if headers is None else list(headers), timeout)
+                                  None if headers is None else list(headers), _not_before_ns(delay, not_before),
+                                  timeout)
 
-    async def _append(self, items: list, keys: Optional[list], headers: Optional[list],
+    async def _append(self, items: list, keys: Optional[list], headers: Optional[list], nb: Optional[int],
                       timeout: Optional[float]) -> List[int]:
         if self.log.durable and self.log._fsync == "always":
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, lambda: self.log.append_many(items, keys=keys, headers=headers))
+            kw = {} if nb is None else {"not_before": _dt.datetime.fromtimestamp(nb / 1e9, _dt.timezone.utc)}
+            return await loop.run_in_executor(
+                None, lambda: self.log.append_many(items, keys=keys, headers=headers, **kw))
         deadline = _deadline(timeout)
         ring = self.log._ring
         n = len(items)
@@ -327,7 +332,7 @@ class AsyncLog:
         items = [_as_bytes(x, "data") for x in items]
         # every record's prefix (key, or key and headers) encoded and checked before anything is appended
         enc = [_meta.encode(None if keys is None or keys[i] is None else _as_bytes(keys[i], "key"),
-                            None if headers is None else headers[i]) for i in range(n)]
+                            None if headers is None else headers[i], nb) for i in range(n)]
         prefixes, flags = [e[0] for e in enc], [e[1] for e in enc]
         sizes = [len(x) + (len(p) if p is not None else 0) for x, p in zip(items, prefixes)]
         maxp = min(ring.capacity // 4, 0xFFFFFFF0) - 32

@@ -180,6 +180,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
 
 
+def _not_before_ns(delay: Optional[float], not_before: Optional[_dt.datetime]) -> Optional[int]:
+    """The not-before time (ns since the epoch) of ``delay`` seconds from now
+    or of the datetime ``not_before`` (naive = local time); None for neither."""
+    if delay is not None and not_before is not None:
+        raise ValueError("give delay or not_before, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 1e9:
+            raise ValueError(f"delay must be a number of seconds from 0 to 1e9, not {delay!r}")
+        return time.time_ns() + int(delay * 1e9)
+    if not_before is not None:
+        if not isinstance(not_before, _dt.datetime):
+            raise TypeError(f"not_before must be a datetime, not {type(not_before).__name__}")
+        return int(not_before.timestamp() * 1e9)
+    return None
+
+
 def _key_bytes(key: Any) -> Optional[bytes]:
     if key is None or type(key) is bytes:
         return key
@@ -314,37 +330,44 @@ class Log:
 
     # -- producing
     def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
-               headers: Optional[Mapping[str, Union[str, bytes]]] = None, timeout: Optional[float] = None) -> int:
+               headers: Optional[Mapping[str, Union[str, bytes]]] = None, delay: Optional[float] = None,
+               not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None) -> int:
         """Append one record (with an optional ``key``, bytes, and
         ``headers``, a small mapping of str to str or bytes: at most 64, key
-        and headers at most 4 KiB together); returns its offset.  A
-        shared-memory log blocks while the slowest group holds the space
-        (``timeout`` -> ``queue.Full``); a durable log never waits for
-        groups."""
+        and headers at most 4 KiB together); returns its offset.  ``delay``
+        (seconds) or ``not_before`` (a datetime): no group dispatches the
+        record earlier; records after it are not held back (a delayed record
+        waits in a group's lease window).  A shared-memory log blocks while
+        the slowest group holds the space (``timeout`` -> ``queue.Full``); a
+        durable log never waits for groups."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()  # a forked child has no flusher thread yet
-        if headers:
-            prefix, flags = _meta.encode(_key_bytes(key), headers)
+        nb = _not_before_ns(delay, not_before)
+        if headers or nb is not None:
+            prefix, flags = _meta.encode(_key_bytes(key), headers, nb)
             return self._ring._append(data, True, timeout, prefix, flags)
         return self._ring._append(data, True, timeout, key)
 
     def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
                     keys: Optional[Iterable[Optional[bytes]]] = None,
                     headers: Optional[Iterable[Optional[Mapping[str, Union[str, bytes]]]]] = None,
+                    delay: Optional[float] = None, not_before: Optional[_dt.datetime] = None,
                     timeout: Optional[float] = None) -> List[int]:
         """Append records with as few claims as possible (``keys``, ``headers``:
-        one per item, None for none); returns their offsets.  With
-        ``fsync="always"`` the whole batch shares one flush."""
+        one per item, None for none; ``delay``/``not_before``: for every
+        item, as ``append``); returns their offsets.  With ``fsync="always"``
+        the whole batch shares one flush."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()
-        if headers is None:
+        nb = _not_before_ns(delay, not_before)
+        if headers is None and nb is None:
             return self._ring._append_many(items, True, timeout, None if keys is None else list(keys))
         items = list(items)
-        hs = list(headers)
+        hs = [None] * len(items) if headers is None else list(headers)
         ks = [None] * len(items) if keys is None else list(keys)
         if len(hs) != len(items) or len(ks) != len(items):
             raise ValueError(f"append_many got {len(items)} items, {len(ks)} keys and {len(hs)} headers")
-        enc = [_meta.encode(_key_bytes(k), h) for k, h in zip(ks, hs)]
+        enc = [_meta.encode(_key_bytes(k), h, nb) for k, h in zip(ks, hs)]
         return self._ring._append_many(items, True, timeout, [e[0] for e in enc], [e[1] for e in enc])
 
     # -- durability, retention, replay (durable logs)

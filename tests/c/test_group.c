@@ -1689,7 +1689,8 @@ static void test_prefix_flags(void)
         FQT_REQUIRE_ST(fq_claim(&q, &len, 1, &seq), FQ_OK);
         memset(fq_payload(&q, seq), 'a' + (int)i, len);
         if (cases[i].key || cases[i].meta)
-            fq_set_prefix(&q, seq, cases[i].plen, cases[i].key, cases[i].meta);
+            fq_set_prefix(&q, seq, cases[i].plen,
+                          (cases[i].key ? FQ_PREFIX_KEY : 0u) | (cases[i].meta ? FQ_PREFIX_META : 0u));
         fq_commit(&q, seq, 1);
         fq_msg m;
         FQT_ST(take1(&q, g, &m), FQ_OK);
@@ -1705,6 +1706,80 @@ static void test_prefix_flags(void)
         FQT_EQ(buf[0], (uint8_t)('a' + i));
         FQT_ST(fq_ack(&q, g, &m, 1), FQ_OK);
     }
+    fq_close(&q);
+}
+
+/* D1/D2: a delayed record is not dispatched before its not-before time,
+ * does not hold back the records after it, and arrives with deliveries 1
+ * (not counted as a redelivery); a record whose time has passed goes at once. */
+static int put_delayed(fq_queue *q, int64_t not_before_ns, const char *body, uint64_t *seq)
+{
+    uint32_t blen = (uint32_t)strlen(body), plen = 8 + 2 + 2; /* not-before, key length 0, 0 headers */
+    uint32_t len = plen + blen;
+    int rc = fq_claim(q, &len, 1, seq);
+    if (rc != FQ_OK)
+        return rc;
+    uint8_t *p = fq_payload(q, *seq);
+    memcpy(p, &not_before_ns, 8);
+    memset(p + 8, 0, 4);
+    memcpy(p + plen, body, blen);
+    fq_set_prefix(q, *seq, plen, FQ_PREFIX_META | FQ_PREFIX_DELAYED);
+    fq_commit(q, *seq, 1);
+    return FQ_OK;
+}
+static void test_delayed(void)
+{
+    fq_queue q;
+    FQT_REQUIRE_ST(mklog(&q, 1 << 16, 2, 64, 64), FQ_OK);
+    uint32_t g;
+    FQT_ST(gopen(&q, "d", 64, 3, 0, &g), FQ_OK);
+    uint64_t s0, s1, s2, s3;
+    int64_t now = fq_realtime_ns();
+    FQT_ST(put_delayed(&q, now + 300000000, "late", &s0), FQ_OK);  /* +300 ms */
+    FQT_ST(rec_put(&q, 40, 1, &s1), FQ_OK);                         /* plain, right behind it */
+    FQT_ST(put_delayed(&q, now - 1000000, "past", &s2), FQ_OK);     /* due already */
+    FQT_ST(put_delayed(&q, now + 150000000, "mid", &s3), FQ_OK);    /* +150 ms */
+    fq_msg m[8];
+    uint32_t n = 0;
+    FQT_ST(fq_take(&q, g, m, 8, 0, &n), FQ_OK);
+    FQT_EQ(n, 2); /* the plain record and the past-due one; the delayed ones wait */
+    FQT_EQ(m[0].seq, s1);
+    FQT_EQ(m[1].seq, s2);
+    FQT_CHECK(m[1].flags & FQ_MSG_DELAYED);
+    FQT_ST(fq_ack(&q, g, m, 2), FQ_OK);
+    FQT_ST(fq_take(&q, g, m, 8, 0, &n), FQ_EMPTY);
+    uint64_t order[2];
+    int got = 0;
+    int64_t t_first = 0;
+    while (got < 2) {
+        int64_t dl = fq_now_ns() + 2000000000LL;
+        int rc = fq_wait_data(&q, g, dl, 0); /* wakes at the not-before (g_next_deadline), no polling */
+        FQT_CHECKM(rc == FQ_OK, "wait: %s", fq_strerror(rc));
+        if (rc != FQ_OK)
+            break;
+        if (fq_take(&q, g, m, 8, 0, &n) != FQ_OK)
+            continue;
+        for (uint32_t i = 0; i < n; i++) {
+            int64_t at = fq_realtime_ns();
+            order[got++] = m[i].seq;
+            FQT_EQ(m[i].deliveries, 1);
+            int64_t want = m[i].seq == s3 ? now + 150000000 : now + 300000000;
+            FQT_CHECKM(at >= want, "record %" PRIu64 " delivered %" PRId64 " ns early", m[i].seq, want - at);
+            FQT_CHECKM(at - want < 100000000, "record %" PRIu64 " delivered %" PRId64 " ms late", m[i].seq,
+                       (at - want) / 1000000);
+            if (!t_first)
+                t_first = at;
+        }
+        FQT_ST(fq_ack(&q, g, m, n), FQ_OK);
+    }
+    FQT_EQ(order[0], s3); /* in order of their time, not of their offsets */
+    FQT_EQ(order[1], s0);
+    fq_stats st;
+    fq_get_stats(&q, g, &st);
+    FQT_EQ(st.redelivered, 0);
+    FQT_EQ(st.delivered, 4);
+    FQT_EQ(st.retry_pending, 0);
+    FQT_EQ(st.low, s3 + 1);
     fq_close(&q);
 }
 
@@ -1735,6 +1810,7 @@ int main(int argc, char **argv)
     FQT_RUN(test_mt_create_race);
     FQT_RUN(test_reset);
     FQT_RUN(test_prefix_flags);
+    FQT_RUN(test_delayed);
     FQT_RUN(test_mt_reset_peek);
     if (FQT_TSAN) /* the copy races with the overwriting producer by design (validated afterwards) */
         fqt_skip("test_mt_peek_overwritten", "a validated racy copy (seqlock reader)");

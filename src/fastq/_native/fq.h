@@ -138,6 +138,7 @@ typedef struct fq_msg {
 #define FQ_MSG_DEADLETTER 0x1u
 #define FQ_MSG_KEY 0x2u         /* the record has a key (key_len may be 0) */
 #define FQ_MSG_META 0x4u        /* the first key_len bytes are a meta region (FQ_TYPE_META), not the bare key */
+#define FQ_MSG_DELAYED 0x8u     /* ... which starts with the record's not-before time (FQ_TYPE_DELAYED) */
 
 /* lifecycle (fq_shm.c) */
 int fq_name_valid(const char *name);
@@ -280,7 +281,9 @@ int fq_seek_time(fq_queue *q, int64_t ts_ns, fq_cursor *c);
 int fq_read_next(fq_queue *q, fq_cursor *c, fq_msg *out);
 uint64_t fq_frontier(fq_queue *q);          /* every record below is committed or a gap */
 void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len);  /* before fq_commit */
-void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, int has_key, int meta); /* before fq_commit */
+/* before fq_commit: the payload starts with a prefix of prefix_len bytes (FQ_PREFIX_* bits) */
+enum { FQ_PREFIX_KEY = 1, FQ_PREFIX_META = 2, FQ_PREFIX_DELAYED = 4 };
+void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, unsigned prefix_flags);
 int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq);  /* CRC every retained record */
 
 const char *fq_strerror(int status);

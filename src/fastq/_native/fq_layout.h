@@ -427,7 +427,8 @@ FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
 #define FQ_FR_KIND (FQ_FR_DATA | FQ_FR_GAP | FQ_FR_PAD)
 /* f_type: bits 16..31 = prefix length (the key, or with FQ_TYPE_META the
  * meta region, is the first bytes of the payload), bit 15 = the record has a
- * key (possibly empty), bit 14 = FQ_TYPE_META, bits 0..13 = record type (0).  A GAP frame keeps its record
+ * key (possibly empty), bit 14 = FQ_TYPE_META, bit 13 = FQ_TYPE_DELAYED, bits 0..12 =
+ * record type (0).  A GAP frame keeps its record
  * count in f_ts_ns (it has no timestamp). */
 #define FQ_KEY_MAX 4096u
 #define FQ_TYPE_HAS_KEY 0x8000u
@@ -437,6 +438,12 @@ FQ_STATIC_ASSERT(sizeof(struct fq_frame_hdr) == 32, "frame header size");
  * HAS_KEY still says whether there is a key.  The core carries the region
  * opaquely (CRC'd with the payload); fastq._core parses it. */
 #define FQ_TYPE_META 0x4000u
+/* bit 13 (with META): a delayed record; its meta region starts with
+ * [i64 not_before_ns, CLOCK_REALTIME, LE] before the key length.  No group
+ * dispatches it earlier (docs/messages.md §2, D1). */
+#define FQ_TYPE_DELAYED 0x2000u
+/* d_flags: hints about the record a descriptor describes (set before commit) */
+#define FQ_D_F_DELAYED 0x1u
 static inline uint32_t fq_frame_key_len(const struct fq_frame_hdr *h) { return h->f_type >> 16; }
 
 /* ======================================================================== *

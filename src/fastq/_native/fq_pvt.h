@@ -188,13 +188,20 @@ static inline int fq__store_read_hdr(const uint8_t *fr, uint64_t room, struct fq
 }
 
 /* A message for a checked DATA frame at fr (header h). */
+/* fq_msg flags of a frame's f_type (DELAYED only inside a meta region) */
+static inline uint32_t fq__type_flags(uint32_t t)
+{
+    return ((t & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0) | ((t & FQ_TYPE_META) ? FQ_MSG_META : 0) |
+           ((t & FQ_TYPE_META) && (t & FQ_TYPE_DELAYED) && (t >> 16) >= 8 ? FQ_MSG_DELAYED : 0);
+}
+
 static inline void fq__msg_from_frame(fq_msg *m, const struct fq_frame_hdr *h, const uint8_t *fr, unsigned deliveries)
 {
     m->seq = h->f_seq;
     m->data = fr + FQ_FRAME_HDR;
     m->len = h->f_len - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = ((h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0) | ((h->f_type & FQ_TYPE_META) ? FQ_MSG_META : 0);
+    m->flags = fq__type_flags(h->f_type);
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
 }

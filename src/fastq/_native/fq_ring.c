@@ -445,7 +445,7 @@ static int fq__fill(fq_queue *q, uint64_t seq, unsigned deliveries, fq_msg *m)
     m->data = q->arena + off + FQ_FRAME_HDR;
     m->len = fl - FQ_FRAME_HDR;
     m->deliveries = deliveries;
-    m->flags = ((h->f_type & FQ_TYPE_HAS_KEY) ? FQ_MSG_KEY : 0) | ((h->f_type & FQ_TYPE_META) ? FQ_MSG_META : 0);
+    m->flags = fq__type_flags(h->f_type);
     m->ts_ns = h->f_ts_ns;
     m->key_len = h->f_type >> 16;
     if (m->key_len > m->len)
@@ -531,7 +531,8 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
             atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
         else
             atomic_fetch_add_explicit(&G->g_expired, 1, FQ_RELAXED);
-        atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
+        if (dv > 1) /* dv == 1: a delayed record's first delivery (D2), not a redelivery */
+            atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
         if (dl && (int64_t)(dl - next) < 0)
             next = dl;
         if (fq__fill(q, s, dv, &out[n])) {
@@ -616,6 +617,7 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
         }
         uint64_t cw = atomic_load_explicit(&fq__desc(q, s)->d_cw, FQ_ACQUIRE); /* C1 */
         unsigned st = fq__cw_st(cw);
+        int store_delayed = 0;
         if (!fq__cw_published(cw, s)) {
             if (q->durable && (int64_t)(s - atomic_load_explicit(&q->ctrl->c_floor_seq, FQ_ACQUIRE)) < 0) {
                 /* S4: below the frontier, behind the descriptor ring: the
@@ -631,8 +633,10 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
                         s++;
                     continue;
                 }
-                if (k == 1)
+                if (k == 1) {
                     st = FQ_D_COMMITTED;
+                    store_delayed = (q->rf_hdr.f_type & FQ_TYPE_DELAYED) != 0; /* the header it just checked */
+                }
                 else if (k == 2)
                     st = FQ_D_ABORTED;
                 else
@@ -673,6 +677,36 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             atomic_load_explicit(&fq__desc(q, s)->d_frame_len, FQ_RELAXED) != FQ_FRAME_HDR + only_len) {
             wrong_size = 1; /* fields are stable: s is committed and not terminal */
             break;
+        }
+        /* delayed?  the descriptor's hint, or behind the descriptor ring the
+         * header fq__store_find just checked */
+        if (fq__unlikely(fq__cw_published(cw, s)
+                             ? (atomic_load_explicit(&fq__desc(q, s)->d_flags, FQ_RELAXED) & FQ_D_F_DELAYED) != 0
+                             : store_delayed)) {
+            /* D1: a delayed record not yet due goes FRESH -> RETRY(none, 0)
+             * with its due time as the not-before, in one CAS after the
+             * deadline store (as the lease deadline below): a taker killed
+             * before the CAS leaves it FRESH (the next taker repeats D1),
+             * after it, RETRY with a final deadline.  The copy read here is
+             * only trusted if the CAS from the FRESH word we saw wins. */
+            fq_msg dm;
+            int64_t nb, rt;
+            if (fq__fill(q, s, 0, &dm) && (dm.flags & FQ_MSG_DELAYED) && (memcpy(&nb, dm.data, 8), 1) &&
+                nb > (rt = fq_realtime_ns())) {
+                int64_t wait = nb - rt;
+                if (wait > (int64_t)1 << 62)
+                    wait = (int64_t)1 << 62;
+                uint64_t due = (uint64_t)(fq_now_ns() + wait);
+                atomic_store_explicit(&L->l_deadline_ns, due, FQ_RELAXED);
+                if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, FQ_OWNER_NONE, FQ_L_RETRY),
+                                                            FQ_ACQREL, FQ_RELAXED)) {
+                    atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+                    fq__deadline_insert(G, due);
+                    FQ_CRASHPOINT("cons.after_delay");
+                }
+                s++;
+                continue;
+            }
         }
         uint64_t nw = fq__lw(s, 1, me, FQ_L_LEASED);
         /* The deadline goes in BEFORE the lease CAS (whose release publishes

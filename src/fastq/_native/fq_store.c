@@ -371,18 +371,23 @@ int fq__store_gap(fq_queue *q, uint64_t seq, uint64_t count, uint64_t start, uin
 }
 
 /* The record's payload starts with a prefix of prefix_len bytes: its key
- * (has_key), or with meta its meta region (FQ_TYPE_META, docs/messages.md). */
-void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, int has_key, int meta)
+ * (FQ_PREFIX_KEY), or its meta region (FQ_PREFIX_META, docs/messages.md),
+ * which for a delayed record (FQ_PREFIX_DELAYED) starts with its not-before
+ * time; the descriptor gets a hint so takers read that time only then. */
+void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, unsigned pf)
 {
     struct fq_desc_shm *d = fq__desc(q, seq);
     uint64_t pos = atomic_load_explicit(&d->d_ext_start, FQ_RELAXED) + atomic_load_explicit(&d->d_frame_off, FQ_RELAXED);
     struct fq_frame_hdr *h = (struct fq_frame_hdr *)fq__at(q, pos);
+    int delayed = (pf & FQ_PREFIX_DELAYED) && (pf & FQ_PREFIX_META) && prefix_len >= 8;
     if (h)
-        h->f_type = (h->f_type & 0x3FFFu) | (has_key ? FQ_TYPE_HAS_KEY : 0) | (meta ? FQ_TYPE_META : 0) |
-                    (prefix_len << 16);
+        h->f_type = (h->f_type & 0x1FFFu) | ((pf & FQ_PREFIX_KEY) ? FQ_TYPE_HAS_KEY : 0) |
+                    ((pf & FQ_PREFIX_META) ? FQ_TYPE_META : 0) | (delayed ? FQ_TYPE_DELAYED : 0) | (prefix_len << 16);
+    if (delayed) /* published by the commit's release store of d_cw (P4) */
+        atomic_store_explicit(&d->d_flags, FQ_D_F_DELAYED, FQ_RELAXED);
 }
 
-void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len) { fq_set_prefix(q, seq, key_len, 1, 0); }
+void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len) { fq_set_prefix(q, seq, key_len, FQ_PREFIX_KEY); }
 
 /* ---- the commit frontier (S4) ------------------------------------------- */
 
