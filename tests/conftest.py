@@ -42,3 +42,20 @@ def name_factory():
     yield make
     for n in names:
         _remove(n)
+
+
+@pytest.fixture(params=["shm", "durable"])
+def any_log(request, tmp_path):
+    """A fresh log of each kind: a shared-memory log (1 MiB; it and its .dlq
+    are unlinked afterwards) and a durable log (64 KiB segments, fsync never)."""
+    import fastq
+    if request.param == "shm":
+        name = "t-" + uuid.uuid4().hex
+        log = fastq.open(name, capacity=1 << 20)
+        yield log
+        for n in (name, name + ".dlq"):
+            _remove(n)
+    else:
+        log = fastq.open(str(tmp_path / "log"), durable=True, fsync="never", segment_size=1 << 16)
+        yield log
+    log.close()

@@ -4,25 +4,15 @@ held back; the first delivery counts as a delivery, not a redelivery; waiting
 consumers wake at the time (no polling)."""
 import datetime as dt
 import time
-import uuid
 
 import pytest
 
 import fastq
 
 
-@pytest.fixture(params=["shm", "durable"])
-def log(request, tmp_path):
-    if request.param == "shm":
-        name = "td-" + uuid.uuid4().hex
-        lg = fastq.open(name, capacity=1 << 20)
-        yield lg
-        lg.unlink()
-        lg.close()
-    else:
-        lg = fastq.open(str(tmp_path / "log"), durable=True, fsync="never", segment_size=1 << 16)
-        yield lg
-        lg.close()
+@pytest.fixture
+def log(any_log):
+    return any_log
 
 
 def _drain(c, n, timeout=5.0):

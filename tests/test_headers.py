@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -16,22 +15,9 @@ from fastq import _meta
 H1 = {"trace-id": "4bf92f3577b34da6", "tenant": "acme", "blob": b"\x00\xff\x10", "empty": "", "ünï": "cödé"}
 
 
-@pytest.fixture(params=["shm", "durable"])
-def log(request, tmp_path):
-    if request.param == "shm":
-        name = "th-" + uuid.uuid4().hex
-        lg = fastq.open(name, capacity=1 << 20)
-        yield lg
-        for n in (name, name + ".dlq"):
-            try:
-                fastq.unlink(n)
-            except FileNotFoundError:
-                pass
-        lg.close()
-    else:
-        lg = fastq.open(str(tmp_path / "log"), durable=True, fsync="never", segment_size=1 << 16)
-        yield lg
-        lg.close()
+@pytest.fixture
+def log(any_log):
+    return any_log
 
 
 def test_round_trip_through_read_and_groups(log):
