@@ -342,9 +342,8 @@ class Log:
         durable log never waits for groups."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()  # a forked child has no flusher thread yet
-        nb = _not_before_ns(delay, not_before)
-        if headers or nb is not None:
-            prefix, flags = _meta.encode(_key_bytes(key), headers, nb)
+        if headers or delay is not None or not_before is not None:  # no Python call on the plain path
+            prefix, flags = _meta.encode(_key_bytes(key), headers, _not_before_ns(delay, not_before))
             return self._ring._append(data, True, timeout, prefix, flags)
         return self._ring._append(data, True, timeout, key)
 

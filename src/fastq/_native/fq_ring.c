@@ -678,8 +678,9 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             wrong_size = 1; /* fields are stable: s is committed and not terminal */
             break;
         }
-        /* delayed?  the descriptor's hint, or behind the descriptor ring the
-         * header fq__store_find just checked */
+        /* delayed?  the descriptor's hint (relaxed: stored before the
+         * commit's release of d_cw, P4, which C1 acquired), or behind the
+         * descriptor ring the header fq__store_find just checked */
         if (fq__unlikely(fq__cw_published(cw, s)
                              ? (atomic_load_explicit(&fq__desc(q, s)->d_flags, FQ_RELAXED) & FQ_D_F_DELAYED) != 0
                              : store_delayed)) {
