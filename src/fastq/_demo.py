@@ -5,9 +5,12 @@ redelivered to the others.
 The producer appends numbered messages whose payload carries its own CRC.
 Each worker leases batches, checks every CRC, counts every message number it
 processed in a shared array (processing = incrementing the count), then acks
-the batch.  A worker killed between processing and ack leaves its leases to
-the group, which redelivers them: those messages are processed twice
-(at-least-once), none is lost.  The parent draws a progress line from the
+the batch.  Midway the producer pauses until the parent has picked worker-0
+as its victim; worker-0 then hangs on its next batch (a stuck job holding its
+leases) and the parent kills it with SIGKILL: exactly those leases go back to
+the group and are redelivered to the others, none is lost.  (A worker killed
+between processing and ack would leave messages processed twice: delivery is
+at-least-once; the summary counts them.)  The parent draws a progress line from the
 log's lock-free stats (rate, lag, pending leases) and ends with a summary
 checked against the array: lost = messages never processed (must be 0),
 corrupt = bad CRCs (must be 0), and the sum of the processed message numbers.
@@ -36,17 +39,22 @@ def _payload(i: int, size: int) -> bytes:
     return _HDR.pack(i, zlib.crc32(filler)) + filler
 
 
-def _producer(name: str, durable: bool, n: int, size: int, batch: int) -> None:
+def _producer(name: str, durable: bool, n: int, size: int, batch: int, midway: Any) -> None:
     log = _log.open(name, durable=durable)
     i = 0
     while i < n:
+        if midway is not None and i >= n // 2 and not midway.is_set():
+            midway.wait(60)  # the parent picks its victim while the workers wait for the second half
         k = min(batch, n - i)
         log.append_many([_payload(j, size) for j in range(i, i + k)])
         i += k
     log.close()
 
 
-def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: int, stop: Any) -> None:
+def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: int, stop: Any,
+            midway: Any = None, stuck: Any = None) -> None:
+    """midway/stuck (the victim only): once ``midway`` is set, its next batch
+    hangs unprocessed and unacked (``stuck`` set) until the parent kills it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     shm = shared_memory.SharedMemory(shm_name)
     seen = shm.buf.cast("H")  # seen[i] = times message i was processed; seen[n] = corrupt ones
@@ -55,6 +63,9 @@ def _worker(name: str, durable: bool, shm_name: str, n: int, batch: int, index: 
     try:
         while not stop.is_set():
             msgs = c.get_many(batch, timeout=0.1)
+            if msgs and midway is not None and midway.is_set():
+                stuck.set()
+                time.sleep(600)  # a hung job holding its leases: kill -9 comes
             for m in msgs:
                 data = m.data
                 i, crc = _HDR.unpack_from(data)
@@ -109,11 +120,12 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
         print(f"fastq demo: {where}; 1 producer -> {workers} worker processes in group {GROUP!r}; "
               f"{messages:,} messages of {size} B" + ("; one worker is killed (SIGKILL) midway" if kill else ""),
               file=out)
-        procs = [ctx.Process(target=_worker, args=(name, is_durable, shm.name, messages, batch, k, stop), daemon=True)
-                 for k in range(workers)]
+        midway, stuck = (ctx.Event(), ctx.Event()) if kill else (None, None)
+        procs = [ctx.Process(target=_worker, args=(name, is_durable, shm.name, messages, batch, k, stop)
+                             + ((midway, stuck) if k == 0 else ()), daemon=True) for k in range(workers)]
         for p in procs:
             p.start()
-        producer = ctx.Process(target=_producer, args=(name, is_durable, messages, size, batch), daemon=True)
+        producer = ctx.Process(target=_producer, args=(name, is_durable, messages, size, batch, midway), daemon=True)
         t0 = time.perf_counter()
         producer.start()
         killed: Optional[Dict[str, Any]] = None
@@ -125,16 +137,15 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
             g = st["groups"][GROUP]
             done = g["low"]
             now = time.perf_counter()
-            if kill and killed is None and done >= messages // 2:
+            if kill and not midway.is_set() and done >= messages // 2:
+                midway.set()  # the second half flows; worker-0 hangs on its next batch
+            if kill and killed is None and stuck.is_set():
                 victim = procs[0]
-                until = time.monotonic() + 2.0
-                held = _held_by(log, victim.pid)
-                while held == 0 and time.monotonic() < until:  # kill it while it holds leases
-                    held = _held_by(log, victim.pid)
+                held = _held_by(log, victim.pid)  # stable: it hangs before its ack
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.join(10)
                 killed = {"pid": victim.pid, "at": done, "leases_held": held}
-                note = f"  << kill -9 worker-0 (pid {victim.pid}; {held} leases just before)"
+                note = f"  << kill -9 worker-0 (pid {victim.pid}, holding {held} leases)"
                 print(_line(done, messages, done / max(now - t0, 1e-9), g, note), file=out)
                 note = ""
             if now - last_draw > 0.1 or done >= messages:
@@ -175,8 +186,8 @@ def run_demo(messages: int, workers: int, size: int, batch: int, durable: Option
             print(f"messages {messages:,} in {elapsed:.2f} s = {messages / elapsed / 1e6:.2f} M msg/s "
                   f"({messages * size / elapsed / 1e6:.0f} MB/s) through {workers} workers")
             if killed:
-                print(f"killed worker pid {killed['pid']} at {killed['at']:,} done ({killed['leases_held']} leases just "
-                      f"before); redelivered {g['redelivered']:,} (processed twice: {twice:,}, at-least-once)")
+                print(f"killed worker pid {killed['pid']} at {killed['at']:,} done, holding {killed['leases_held']} leases; "
+                      f"redelivered {g['redelivered']:,} (processed twice: {twice:,}, at-least-once)")
             print(f"dead-lettered {g['dead_lettered']}, corrupt {corrupt}, lost {lost}; "
                   f"sum of message numbers {'ok' if ok else 'MISMATCH'}")
             if is_durable:
