@@ -8,6 +8,7 @@ cdef extern from "fq.h" nogil:
         FQ_FULL
         FQ_TIMEOUT
         FQ_STALLED
+        FQ_DUPLICATE
         FQ_ERR_SYS
         FQ_ERR_INVAL
         FQ_ERR_TOO_BIG
@@ -25,6 +26,7 @@ cdef extern from "fq.h" nogil:
         FQ_ERR_RANGE
         FQ_ERR_DATA
         FQ_ERR_BUSY
+        FQ_ERR_DEDUP_FULL
 
     ctypedef struct fq_params:
         uint64_t capacity
@@ -34,6 +36,17 @@ cdef extern from "fq.h" nogil:
         uint32_t max_members
         uint32_t max_groups
         uint32_t flags
+        uint32_t dedup_slots
+        uint32_t dedup_window_ms
+
+    ctypedef struct fq_dedup_stats:
+        uint64_t slots, set, claiming, expired, hits
+        uint32_t window_ms
+    int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_ns, uint64_t *orig_seq,
+                       uint32_t *slot)
+    void fq_dedup_bind(fq_queue *q, uint32_t slot, uint64_t seq)
+    void fq_dedup_end(fq_queue *q, uint32_t slot, int committed)
+    void fq_dedup_get_stats(fq_queue *q, fq_dedup_stats *st)
 
     enum: FQ_P_NO_QUEUE_GROUP
     enum: FQ_MSG_DEADLETTER

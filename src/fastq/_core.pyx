@@ -16,6 +16,7 @@ Rules this layer keeps (see docs/protocol.md):
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
+from posix.time cimport nanosleep, timespec
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_ANY_CONTIGUOUS
 from cpython.exc cimport PyErr_CheckSignals
@@ -56,6 +57,17 @@ class IncompatibleQueueError(FastqError):
     """The file is not a fastq queue of a layout this build can read."""
 
 
+class DedupTableFullError(FastqError):
+    """An append with a dedup key found no free entry for the key in the
+    log's dedup table (every entry of its bucket holds an unexpired key).
+    Nothing was appended: create the log with more ``dedup_slots`` or a
+    shorter ``dedup_window``."""
+
+
+class _DedupInFlight(Full):
+    """(internal) An append with the same dedup key is in flight elsewhere."""
+
+
 cdef int64_t SLICE_NS = 100_000_000      # longest uninterrupted park
 cdef uint32_t SPIN_NS = 50_000           # busy-wait before parking: ping-pong latency vs CPU burnt
 cdef uint32_t KIND_PRODUCER_CONSUMER = 3
@@ -90,6 +102,8 @@ cdef int _raise(int rc, str what=None) except -1:
         raise IncompatibleQueueError(msg)
     if rc == N.FQ_ERR_MEMBERS:
         raise FastqError("the queue's member table is full: " + msg)
+    if rc == N.FQ_ERR_DEDUP_FULL:
+        raise DedupTableFullError(msg)
     if rc == N.FQ_ERR_GROUPS or rc == N.FQ_ERR_BUSY:
         raise FastqError(msg)
     if rc == N.FQ_TIMEOUT:
@@ -213,8 +227,11 @@ cdef class Ring:
 
     # ---- lifecycle ------------------------------------------------------
     def _create(self, name, uint64_t capacity, uint64_t maxsize, uint32_t max_members=0,
-                uint32_t desc_count=0, uint32_t max_groups=1, uint32_t window=0, bint log=False):
+                uint32_t desc_count=0, uint32_t max_groups=1, uint32_t window=0, bint log=False,
+                uint32_t dedup_slots=0, uint32_t dedup_window_ms=0):
         cdef N.fq_params p
+        p.dedup_slots = dedup_slots
+        p.dedup_window_ms = dedup_window_ms
         p.capacity = capacity
         p.maxsize = maxsize
         p.desc_count = desc_count
@@ -254,9 +271,12 @@ cdef class Ring:
         self._join()
 
     def _create_dir(self, path, uint64_t segment_size, uint32_t max_groups, uint32_t window, uint32_t fsync,
-                    uint32_t max_members=0, uint32_t desc_count=0):
+                    uint32_t max_members=0, uint32_t desc_count=0, uint32_t dedup_slots=0,
+                    uint32_t dedup_window_ms=0):
         """Create the durable log directory ``path`` (segment store)."""
         cdef N.fq_params p
+        p.dedup_slots = dedup_slots
+        p.dedup_window_ms = dedup_window_ms
         p.capacity = segment_size
         p.maxsize = 0
         p.desc_count = desc_count
@@ -631,6 +651,92 @@ cdef class Ring:
         if self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
             self._sync_upto(seq + 1)
         return seq
+
+    def _append_dedup(self, data, dedup_key, double window=0.0, block=True, timeout=None, key=None,
+                      int kflags=1):
+        """Append one raw record (prefix ``key`` with ``kflags`` as _append)
+        unless a record with ``dedup_key`` (bytes) was appended within its
+        window (``window`` seconds, 0 = the log's); returns the offset of the
+        new record or of the original.  Waits while an append of the same key
+        is in flight elsewhere (block=False or past timeout: _DedupInFlight,
+        a queue.Full) and while the log is full (queue.Full)."""
+        cdef bytes dk = _as_bytes(dedup_key, "dedup_key")
+        cdef bytes k = b"" if key is None else _as_bytes(key, "key")
+        cdef bytes d = _as_bytes(data, "data")
+        cdef Py_ssize_t kl = PyBytes_GET_SIZE(k), dl = PyBytes_GET_SIZE(d), dkl = PyBytes_GET_SIZE(dk)
+        cdef uint64_t seq = 0, orig = 0
+        cdef uint32_t slot = 0, len32
+        cdef uint8_t *dst
+        cdef int rc
+        cdef int64_t deadline, win = <int64_t>(window * 1e9) if window > 0 else 0
+        cdef int64_t pause = 20_000
+        cdef timespec ts
+        cdef bint first = True
+        if self._closed or self.q.member < 0:
+            self._ensure()
+        if dkl > 65536:
+            raise ValueError(f"dedup_key of {dkl} bytes is longer than 65536 bytes")
+        if kl > 4096:
+            raise ValueError(f"key of {kl} bytes is longer than 4096 bytes")
+        if kl + dl > N.fq_max_payload(&self.q):
+            self._too_big(kl + dl)
+        len32 = <uint32_t>(kl + dl)
+        deadline = _deadline(timeout) if block else 0
+        while True:
+            # X1..X3 of fq_dedup.c, begin -> claim -> bind -> copy -> commit ->
+            # end with the GIL held and nothing that can raise in between: one
+            # dedup journal per member, never left CLAIMING by an exception
+            rc = N.fq_dedup_begin(&self.q, PyBytes_AS_STRING(dk), <uint32_t>dkl, win, &orig, &slot)
+            if rc == N.FQ_DUPLICATE:
+                return orig
+            if rc == N.FQ_STALLED:
+                if not block or (deadline >= 0 and N.fq_now_ns() >= deadline):
+                    raise _DedupInFlight("an append with this dedup_key is in flight in another process")
+                ts.tv_sec = 0
+                ts.tv_nsec = pause
+                self._inflight += 1   # close() meanwhile defers the unmap to us
+                with nogil:
+                    nanosleep(&ts, NULL)
+                self._inflight -= 1
+                if self._closed:
+                    self._release_if_idle()
+                    raise ValueError(f"Queue {self!r} is closed")
+                pause = min(pause * 2, 2_000_000)
+                PyErr_CheckSignals()
+                continue
+            if rc != N.FQ_OK:
+                _raise(rc)
+            rc = N.fq_claim(&self.q, &len32, 1, &seq)
+            if rc == N.FQ_OK:
+                N.fq_dedup_bind(&self.q, slot, seq)
+                dst = N.fq_payload(&self.q, seq)
+                memcpy(dst, PyBytes_AS_STRING(k), kl)
+                memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
+                if key is not None:
+                    N.fq_set_prefix(&self.q, seq, <uint32_t>kl, <unsigned>kflags)
+                N.fq_commit(&self.q, seq, 1)
+                N.fq_dedup_end(&self.q, slot, 1)
+                break
+            N.fq_dedup_end(&self.q, slot, 0)   # nothing claimed: the key is free again
+            if rc != N.FQ_FULL:
+                _raise(rc)
+            if not block or (deadline >= 0 and N.fq_now_ns() >= deadline):
+                raise Full
+            self._wait(1, deadline, 1, N.fq_frame_bytes(len32), first)
+            first = False
+        if self.q.fsync_mode == N.FQ_FSYNC_ALWAYS and self.q.durable:
+            self._sync_upto(seq + 1)
+        return seq
+
+    def _dedup_stats(self):
+        """The dedup table's counts (lock-free scan), or None without a table."""
+        cdef N.fq_dedup_stats st
+        self._check_mapped()
+        N.fq_dedup_get_stats(&self.q, &st)
+        if st.slots == 0:
+            return None
+        return {"slots": st.slots, "keys": st.set, "in_flight": st.claiming, "expired": st.expired,
+                "duplicates": st.hits, "window": st.window_ms / 1000.0}
 
     cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq,
                         int kflags=1) except -1:

@@ -27,6 +27,7 @@ typedef enum fq_status {
     FQ_FULL = 2,         /* no space now */
     FQ_TIMEOUT = 3,      /* a wait slice ended */
     FQ_STALLED = 4,      /* the next record is claimed but not committed */
+    FQ_DUPLICATE = 5,    /* fq_dedup_begin: the key was appended within its window (*orig_seq) */
     FQ_ERR_SYS = -1,     /* errno is set */
     FQ_ERR_INVAL = -2,   /* bad argument */
     FQ_ERR_TOO_BIG = -3, /* record larger than the ring can ever hold */
@@ -44,6 +45,7 @@ typedef enum fq_status {
     FQ_ERR_RANGE = -15,  /* offset outside what the ring holds */
     FQ_ERR_DATA = -16,   /* a record failed its checksum (segment store) */
     FQ_ERR_BUSY = -17,   /* refused: the group has live consumers */
+    FQ_ERR_DEDUP_FULL = -18, /* the dedup table has no free entry for this key */
 } fq_status;
 
 typedef struct fq_params {
@@ -54,6 +56,8 @@ typedef struct fq_params {
     uint32_t max_members;   /* 0 = 256 */
     uint32_t max_groups;    /* 0 = 1 */
     uint32_t flags;         /* FQ_P_* */
+    uint32_t dedup_slots;   /* dedup table entries (rounded up to buckets of 63); 0 = no table */
+    uint32_t dedup_window_ms; /* default dedup window; 0 = 300 s */
 } fq_params;
 #define FQ_P_NO_QUEUE_GROUP 0x1u  /* a log: no implicit group 0 (groups are created by name) */
 /* Durable store (fq_create_dir): capacity is the segment size (a power of
@@ -110,6 +114,11 @@ typedef struct fq_queue {
     uint32_t fsync_mode;
     int open_fd;            /* segment store: holds the shared "open" lock (cold recovery needs it exclusive) */
     struct fq_ckpt_shm *ckpt;   /* two slots */
+    /* dedup table (fq_dedup.c); dedup_buckets 0 = none */
+    struct fq_dedup_bucket_shm *dedup;
+    uint32_t dedup_buckets;
+    uint32_t dedup_window_ms;
+    uint64_t dedup_key[4];      /* SipHash keys of h1 and h2 */
     struct fq_store_shm *store;
 } fq_queue;
 
@@ -285,6 +294,30 @@ void fq_set_key_len(fq_queue *q, uint64_t seq, uint32_t key_len);  /* before fq_
 enum { FQ_PREFIX_KEY = 1, FQ_PREFIX_META = 2, FQ_PREFIX_DELAYED = 4 };
 void fq_set_prefix(fq_queue *q, uint64_t seq, uint32_t prefix_len, unsigned prefix_flags);
 int fq_verify(fq_queue *q, uint64_t *records, uint64_t *bad_seq);  /* CRC every retained record */
+
+/* producer-side deduplication (fq_dedup.c, docs/messages.md §3).  One
+ * append with a dedup key:
+ *   rc = fq_dedup_begin(q, key, klen, window_ns, &orig, &slot)
+ *     FQ_DUPLICATE: drop the append, the original is record orig
+ *     FQ_STALLED:   an append of this key is in flight (or its bucket is busy,
+ *                   or its holder died and awaits recovery): retry later
+ *     FQ_OK:        the key is ours (CLAIMING): fq_claim, then
+ *                   fq_dedup_bind(q, slot, seq) before writing, fq_commit,
+ *                   fq_dedup_end(q, slot, 1); or fq_dedup_end(q, slot, 0)
+ *                   if nothing was claimed
+ *     FQ_ERR_DEDUP_FULL, FQ_ERR_INVAL (no table, not joined)
+ * begin..end must not interleave with another begin on the same handle (one
+ * journal per member; the GIL in fastq._core). window_ns <= 0: the default. */
+int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_ns, uint64_t *orig_seq,
+                   uint32_t *slot);
+void fq_dedup_bind(fq_queue *q, uint32_t slot, uint64_t seq);
+void fq_dedup_end(fq_queue *q, uint32_t slot, int committed);
+typedef struct fq_dedup_stats {
+    uint64_t slots, set, claiming, expired, hits;
+    uint32_t window_ms;
+} fq_dedup_stats;
+void fq_dedup_get_stats(fq_queue *q, fq_dedup_stats *st);    /* lock-free scan */
+uint64_t fq_siphash24(const uint64_t k[2], const void *data, size_t len);
 
 const char *fq_strerror(int status);
 const char *fq_last_error(void);  /* detail of the last error in this thread */

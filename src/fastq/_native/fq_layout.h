@@ -37,7 +37,7 @@
 
 #define FQ_MAGIC "FASTQRB"             /* 8 bytes with the NUL */
 #define FQ_LAYOUT_MAJOR 1u
-#define FQ_LAYOUT_MINOR 0u
+#define FQ_LAYOUT_MINOR 1u              /* 1: superblock extension (dedup table) */
 #define FQ_PAGE 4096u
 #define FQ_BLOCK 128u                  /* two cache lines: defeats adjacent-line prefetch (Agrona) */
 
@@ -108,6 +108,29 @@ FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_base_seq) == 112, "super layout
 FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_maxsize) == 160, "super layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_super_shm, s_crc) == FQ_SUPER_CRC_LEN, "super layout");
 FQ_STATIC_ASSERT(sizeof(struct fq_super_shm) == 176, "super size");
+
+/* ------------------------------------------------------------------------ *
+ * Superblock extension (layout minor >= 1), at byte 256 of page 0.  Written
+ * by the creator with the superblock, before READY; its own CRC (a minor-0
+ * file has zeros here and no dedup table).
+ *
+ *   256 x_off_dedup u64 | 264 x_dedup_buckets u32 (0 = no table, else 2^k)
+ *   268 x_dedup_window_ms u32 (default window) | 272 x_dedup_key[16] (SipHash key, random)
+ *   288 x_crc u32 (CRC32C of [256, 288)) | 292 x_pad u32 | 296
+ * ------------------------------------------------------------------------ */
+#define FQ_SUPER_EXT_OFF 256u
+struct fq_super_ext_shm {
+    uint64_t x_off_dedup;
+    uint32_t x_dedup_buckets;
+    uint32_t x_dedup_window_ms;
+    uint8_t x_dedup_key[16];
+    uint32_t x_crc;
+    uint32_t x_pad;
+};
+#define FQ_SUPER_EXT_CRC_LEN 32u
+FQ_STATIC_ASSERT(offsetof(struct fq_super_ext_shm, x_crc) == FQ_SUPER_EXT_CRC_LEN, "super ext layout");
+FQ_STATIC_ASSERT(sizeof(struct fq_super_ext_shm) == 40, "super ext size");
+FQ_STATIC_ASSERT(FQ_SUPER_EXT_OFF >= sizeof(struct fq_super_shm), "ext after the superblock");
 
 /* ------------------------------------------------------------------------ *
  * Control block (page 1): one 128-byte block per independently written word.
@@ -234,7 +257,9 @@ struct fq_member_shm {
     _Atomic uint64_t m_ack_seq;     /* journal: the record whose ack is pending */
     uint32_t m_group;               /* the group this member acks in */
     uint32_t m_group_gen;           /* ... in this generation of that slot (g_gen); 0 = unbound */
-    uint8_t m_reserved[16];
+    _Atomic uint32_t m_dedup_lock;  /* journal: dedup bucket whose lock it takes or holds, + 1 (fq_dedup.c) */
+    _Atomic uint32_t m_dedup_entry; /* journal: dedup entry it has CLAIMING, + 1 */
+    uint8_t m_reserved[8];
 };
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_intent) == 16, "member layout");
 FQ_STATIC_ASSERT(offsetof(struct fq_member_shm, m_name) == 40, "member layout");
@@ -384,6 +409,62 @@ struct fq_lease_shm {
     _Atomic uint64_t l_deadline_ns;
 };
 FQ_STATIC_ASSERT(sizeof(struct fq_lease_shm) == 16, "lease size");
+
+/* ------------------------------------------------------------------------ *
+ * Dedup table (producer-side deduplication, docs/messages.md §3): section
+ * off_dedup, B buckets of 4 KiB (B = 2^k).  A key's bucket is h1 & (B-1),
+ * h1/h2 = SipHash-2-4 of the key under two keys derived from x_dedup_key.
+ *
+ *   bucket (4096 B):
+ *     0    b_lock  (atom u32)  member id + 1 of the holder; 0 = free
+ *     4    b_pad
+ *     8    b_hits  (atom u64)  duplicates dropped (relaxed, monitoring)
+ *     16.. 64  reserved
+ *     64   b_e[63]  entries of 64 B:
+ *
+ *   entry (64 B):
+ *     0  e_state  (atom u32)   state (bits 0..1: FREE 0, CLAIMING 1, SET 2) | owner member << 8
+ *     4  e_klen   (atom u32)   key length (diagnostic)
+ *     8  e_h1, 16 e_h2 (atom u64)  the key's 128-bit keyed hash (identity)
+ *     24 e_seq    (atom u64)   the original record's offset; FQ_DEDUP_NOSEQ until bound
+ *     32 e_expiry (atom i64)   SET: CLOCK_REALTIME ns after which the key may be appended again;
+ *                              CLAIMING: the window (ns) to apply when it becomes SET
+ *     40 e_set_ns (atom i64)   CLOCK_REALTIME when it became SET (monitoring)
+ *     48 .. 64 reserved
+ *
+ * Invariants (fq_dedup.c keeps them):
+ *   X-a  an entry's identity (h1, h2, klen) changes only under its bucket
+ *        lock, and only from FREE or an expired SET, to CLAIMING(me).
+ *   X-b  CLAIMING(m) leaves CLAIMING only by m (SET after its commit, FREE
+ *        if it appended nothing) or by the recovery of m when m is dead.
+ *   X-c  while an entry is CLAIMING(m), m's journal m_dedup_entry names it;
+ *        while m takes or holds a bucket lock, m_dedup_lock names the bucket.
+ *   X-d  one (h1, h2) is CLAIMING or unexpired-SET in at most one entry.
+ * ------------------------------------------------------------------------ */
+enum { FQ_X_FREE = 0, FQ_X_CLAIMING = 1, FQ_X_SET = 2 };
+#define FQ_DEDUP_NOSEQ UINT64_MAX
+#define FQ_DEDUP_BUCKET 4096u
+#define FQ_DEDUP_WAYS 63u
+#define FQ_DEDUP_MAX_BUCKETS (1u << 16)     /* 256 MiB of table at most */
+struct fq_dedup_entry_shm {
+    _Atomic uint32_t e_state;
+    _Atomic uint32_t e_klen;
+    _Atomic uint64_t e_h1;
+    _Atomic uint64_t e_h2;
+    _Atomic uint64_t e_seq;
+    _Atomic int64_t e_expiry;
+    _Atomic int64_t e_set_ns;
+    uint8_t e_reserved[16];
+};
+struct fq_dedup_bucket_shm {
+    _Atomic uint32_t b_lock;
+    uint32_t b_pad;
+    _Atomic uint64_t b_hits;
+    uint8_t b_reserved[48];
+    struct fq_dedup_entry_shm b_e[FQ_DEDUP_WAYS];
+};
+FQ_STATIC_ASSERT(sizeof(struct fq_dedup_entry_shm) == 64, "dedup entry size");
+FQ_STATIC_ASSERT(sizeof(struct fq_dedup_bucket_shm) == FQ_DEDUP_BUCKET, "dedup bucket size");
 
 /* ------------------------------------------------------------------------ *
  * Frame header (32 B): identical in the ring arena and in segment files.

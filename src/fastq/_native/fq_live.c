@@ -13,6 +13,8 @@
  * two recoverers never write the same descriptor; every step is idempotent,
  * so a recoverer killed half-way is simply redone by the next one.
  *   R1  mark dead members RECOVERING (their intents stop counting as live).
+ *   R1b resolve a dead member's dedup entry and bucket lock (fq_dedup.c),
+ *       before R2/R3 below may abort any of its claims.
  *   R2  turn dead claims into gaps: for s in [floor, tail) with d_cw not
  *       showing s (claimed, never published) and no ALIVE member's intent
  *       covering s, re-read d_cw after collecting the intents; still stale
@@ -118,6 +120,8 @@ int fq_join(fq_queue *q, uint32_t kind)
         atomic_store_explicit(&m->m_waiting, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_word, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_ack_seq, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_dedup_lock, 0, FQ_RELAXED);
+        atomic_store_explicit(&m->m_dedup_entry, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_puts, 0, FQ_RELAXED); /* counters of this membership only */
         atomic_store_explicit(&m->m_gets, 0, FQ_RELAXED);
         FQ_CFG_STORE(m->m_group, 0);
@@ -208,6 +212,7 @@ void fq_leave(fq_queue *q)
         struct fq_member_shm *m = &q->members[q->member];
         uint32_t returned = fq__return_leases(q, (uint32_t)q->member);
         fq__retire_acks(q, (uint32_t)q->member);
+        fq__dedup_recover_member(q, (uint32_t)q->member); /* an entry left CLAIMING (never by fastq._core) */
         atomic_store_explicit(&m->m_intent, 0, FQ_RELAXED);
         atomic_store_explicit(&m->m_state, FQ_M_FREE, FQ_RELEASE); /* FREE before unlock: see fq_join */
         if (returned)
@@ -475,6 +480,10 @@ int fq_maintain(fq_queue *q, int force)
         if (st == FQ_M_ALIVE &&
             !atomic_compare_exchange_strong_explicit(&m->m_state, &st, FQ_M_RECOVERING, FQ_ACQREL, FQ_ACQUIRE))
             continue;
+        /* R1b: before R2/R3 may abort its claims, its dedup entry is resolved
+         * from the state of its record (fq_dedup.c) */
+        fq__dedup_recover_member(q, i);
+        FQ_CRASHPOINT("rec.after_dedup");
         ndead++;
     }
     /* R2/R3 run even without new deaths: a previous recoverer may have died. */

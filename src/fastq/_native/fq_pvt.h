@@ -171,6 +171,9 @@ int fq__refresh_frontier(fq_queue *q);
  * frontier, -1 deleted by retention, -2 corrupt.  *pos = its frame. */
 int fq__store_find(fq_queue *q, uint64_t seq, uint64_t *pos);
 void fq__store_close(fq_queue *q);
+/* dedup (fq_dedup.c) */
+void fq__dedup_recover_member(fq_queue *q, uint32_t id);  /* R1b: under the recovery mutex, id dead */
+void fq__dedup_cold(fq_queue *q, uint64_t tail_seq);      /* cold recovery of a store, nobody attached */
 void fq__retention_jump(fq_queue *q, uint32_t g);
 int fq__store_dynamic_ok(fq_queue *q);
 int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,6 +72,8 @@ const char *fq_strerror(int st)
     case FQ_ERR_RANGE: return "offset out of range";
     case FQ_ERR_DATA: return "record checksum mismatch";
     case FQ_ERR_BUSY: return "busy";
+    case FQ_ERR_DEDUP_FULL: return "dedup table full";
+    case FQ_DUPLICATE: return "duplicate";
     default: return "unknown error";
     }
 }
@@ -184,6 +187,45 @@ static int fq__check_geometry(const struct fq_super_shm *s, uint64_t file_size)
 #undef FQ_BAD
 }
 
+static uint32_t fq__ext_crc(const struct fq_super_ext_shm *x) { return fq_crc32c(0, x, FQ_SUPER_EXT_CRC_LEN); }
+
+/* The extension of a minor >= 1 superblock, checked on a local copy: its
+ * CRC, and a dedup section that lies page-aligned between the lease
+ * windows and the arena.  A minor-0 file has no extension (no table). */
+static int fq__check_ext(const struct fq_super_shm *s, const struct fq_super_ext_shm *x)
+{
+    if (s->s_layout_minor < 1)
+        return FQ_OK;
+    if (fq__ext_crc(x) != x->x_crc) {
+        fq__err("queue header extension checksum mismatch: the file is corrupt");
+        return FQ_ERR_CORRUPT;
+    }
+    if (!x->x_dedup_buckets)
+        return FQ_OK;
+    uint64_t win_end = s->s_off_windows + (uint64_t)s->s_max_groups * s->s_window_max * sizeof(struct fq_lease_shm);
+    if (!fq__is_pow2(x->x_dedup_buckets) || x->x_dedup_buckets > FQ_DEDUP_MAX_BUCKETS || !x->x_dedup_window_ms ||
+        x->x_off_dedup % FQ_PAGE || x->x_off_dedup < win_end || x->x_off_dedup > s->s_off_arena ||
+        (uint64_t)x->x_dedup_buckets * FQ_DEDUP_BUCKET > s->s_off_arena - x->x_off_dedup) {
+        fq__err("bad dedup table geometry in the queue header: the file is corrupt");
+        return FQ_ERR_CORRUPT;
+    }
+    return FQ_OK;
+}
+
+static void fq__bind_ext(fq_queue *q, const struct fq_super_shm *s, const struct fq_super_ext_shm *x)
+{
+    if (s->s_layout_minor < 1 || !x->x_dedup_buckets)
+        return;
+    q->dedup = (struct fq_dedup_bucket_shm *)(q->base + x->x_off_dedup);
+    q->dedup_buckets = x->x_dedup_buckets;
+    q->dedup_window_ms = x->x_dedup_window_ms;
+    memcpy(q->dedup_key, x->x_dedup_key, 16);
+    /* h2's key: the same 128 bits, halves swapped and whitened, so h1 and h2
+     * are independent functions of the key for anyone without x_dedup_key */
+    q->dedup_key[2] = q->dedup_key[1] ^ 0x9E3779B97F4A7C15ull;
+    q->dedup_key[3] = q->dedup_key[0] ^ 0xC2B2AE3D27D4EB4Full;
+}
+
 static void fq__bind(fq_queue *q, const struct fq_super_shm *s)
 {
     q->cap = s->s_arena_cap;
@@ -287,7 +329,27 @@ int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p)
     s.s_off_groups = s.s_off_members + fq__page_up((uint64_t)m * sizeof(struct fq_member_shm));
     s.s_off_desc = s.s_off_groups + fq__page_up((uint64_t)g * sizeof(struct fq_group_shm));
     s.s_off_windows = s.s_off_desc + fq__page_up(n * sizeof(struct fq_desc_shm));
-    s.s_off_arena = s.s_off_windows + fq__page_up((uint64_t)g * w * sizeof(struct fq_lease_shm));
+    struct fq_super_ext_shm x;
+    memset(&x, 0, sizeof x);
+    if (p->dedup_slots) {
+        uint64_t b = fq__pow2(((uint64_t)p->dedup_slots + FQ_DEDUP_WAYS - 1) / FQ_DEDUP_WAYS);
+        if (b > FQ_DEDUP_MAX_BUCKETS) {
+            fq__err("dedup_slots %u is larger than the limit of %u", p->dedup_slots,
+                    FQ_DEDUP_MAX_BUCKETS * FQ_DEDUP_WAYS);
+            return FQ_ERR_INVAL;
+        }
+        x.x_dedup_buckets = (uint32_t)b;
+        x.x_dedup_window_ms = p->dedup_window_ms ? p->dedup_window_ms : 300000u;
+        if (getrandom(x.x_dedup_key, sizeof x.x_dedup_key, 0) != (ssize_t)sizeof x.x_dedup_key) {
+            fq__err("getrandom: %s", strerror(errno));
+            return FQ_ERR_SYS;
+        }
+    }
+    x.x_off_dedup = s.s_off_windows + fq__page_up((uint64_t)g * w * sizeof(struct fq_lease_shm));
+    s.s_off_arena = x.x_off_dedup + (uint64_t)x.x_dedup_buckets * FQ_DEDUP_BUCKET;
+    if (!x.x_dedup_buckets)
+        x.x_off_dedup = 0;
+    x.x_crc = fq__ext_crc(&x);
     s.s_total_size = s.s_off_arena + (durable ? (uint64_t)FQ_STORE_SECTION : cap);
     s.s_flags = durable ? FQ_F_DURABLE | FQ_F_FRAME_CRC : 0;
     s.s_created_ns = fq_realtime_ns();
@@ -365,6 +427,7 @@ int fq__create(fq_queue *q, const char *name, int dirfd, const fq_params *p)
     struct fq_super_shm *sup = (struct fq_super_shm *)q->base;
     atomic_store_explicit(&sup->s_state, FQ_S_INIT, FQ_RELAXED);
     fq__bind(q, &s);
+    fq__bind_ext(q, &s, &x);
     /* group 0: the implicit group of fastq.Queue, gating the ring */
     struct fq_group_shm *g0 = &q->groups[0];
     for (uint32_t i = 0; i < g; i++)
@@ -389,6 +452,7 @@ publish:
     memcpy(sup->s_magic, s.s_magic, 8);
     sup->s_layout_major = s.s_layout_major;
     sup->s_layout_minor = s.s_layout_minor;
+    memcpy((char *)sup + FQ_SUPER_EXT_OFF, &x, sizeof x);
     FQ_CRASHPOINT("create.before_ready");
     atomic_store_explicit(&sup->s_state, FQ_S_READY, FQ_RELEASE);
     return FQ_OK;
@@ -434,6 +498,7 @@ int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
     }
     int rc = FQ_OK;
     struct fq_super_shm s;
+    struct fq_super_ext_shm x;
     if (memcmp(sup->s_magic, FQ_MAGIC, 8) != 0) {
         fq__err("%s is not a fastq queue (bad magic)", q->path[0] ? q->path : "queue");
         rc = FQ_ERR_FORMAT;
@@ -471,6 +536,9 @@ int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
         goto out;
     }
     rc = fq__check_geometry(&s, (uint64_t)st.st_size);
+    memcpy(&x, (const char *)sup + FQ_SUPER_EXT_OFF, sizeof x);
+    if (rc == FQ_OK)
+        rc = fq__check_ext(&s, &x);
 out:
     munmap(sup, FQ_PAGE);
     if (rc)
@@ -484,6 +552,7 @@ out:
     q->map_size = s.s_total_size;
     q->fd = fd;
     fq__bind(q, &s);
+    fq__bind_ext(q, &s, &x);
     if (!q->durable && !fq__check_dynamic(q)) {
         fq__err("queue control state is inconsistent (tail, floor or group positions out of bounds): "
                 "the file is corrupt");

@@ -1707,6 +1707,7 @@ static int fq__cold_recover(fq_queue *q, int policy, int full, fq_recovery_repor
         atomic_store_explicit(&G->g_next_deadline, (uint64_t)INT64_MAX, FQ_RELAXED);
         r->groups++;
     }
+    fq__dedup_cold(q, cs); /* after the floor is cs: fq__store_find answers for every seq below it */
     int rc = fq__sync_range(q, r->ckpt_pos, cp);
     if (rc == FQ_OK)
         rc = fq__ckpt_write(q, cs, cp);
