@@ -8,11 +8,11 @@
 """
 from queue import Empty, Full
 
-from ._core import CorruptQueueError, CorruptRecordError, FastqError, IncompatibleQueueError
+from ._core import CorruptQueueError, CorruptRecordError, DedupTableFullError, FastqError, IncompatibleQueueError
 from .log import Backoff, Consumer, DeadLetter, Group, Log, Message, Record, Retention, open
 from .queue import JoinableQueue, Queue, unlink
 
 __version__ = "0.1.0"
 __all__ = ["Queue", "JoinableQueue", "open", "Log", "Group", "Consumer", "Message", "Backoff", "DeadLetter",
            "unlink", "Empty", "Full", "FastqError", "CorruptQueueError", "CorruptRecordError", "IncompatibleQueueError",
-           "Retention", "Record", "__version__"]
+           "DedupTableFullError", "Retention", "Record", "__version__"]

@@ -132,6 +132,7 @@ cdef extern from "fq.h" nogil:
     int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char *name, char *dlq)
     int fq_peek(fq_queue *q, uint64_t seq, uint8_t *buf, uint32_t cap, fq_msg *out, uint64_t *floor)
     int fq_finished(fq_queue *q, uint32_t g, uint64_t seq)
+    int fq_lease_state(fq_queue *q, uint32_t g, uint64_t seq, uint32_t *deliveries)
     uint32_t fq_leases_held(fq_queue *q, uint32_t g, uint32_t member)
     int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live)
     ctypedef struct fq_member_info:

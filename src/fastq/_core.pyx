@@ -1144,6 +1144,17 @@ cdef class Ring:
             _raise(rc)
         return live
 
+    def _lease_state(self, uint32_t g, uint64_t seq):
+        """(state, deliveries) of record seq in group g, lock-free: state is
+        "queued" (not dispatched, or fresh), "leased", "retry" (a nack, an
+        expired or dead lease, or a delayed record not yet due), "finished"
+        (acked, dead-lettered or skipped)."""
+        cdef uint32_t d = 0
+        self._check_mapped()
+        cdef int st = N.fq_lease_state(&self.q, g, seq, &d)
+        name = {1: "leased", 3: "retry", 2: "finished", 4: "finished", 5: "finished"}.get(st, "queued")
+        return name, d
+
     def _finished(self, uint32_t g, uint64_t seq):
         """Is record seq finished (acked, dead-lettered, skipped) in group g?"""
         self._check_mapped()

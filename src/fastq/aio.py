@@ -304,7 +304,11 @@ class AsyncLog:
 
     async def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
                      headers: Optional[Mapping[str, Union[str, bytes]]] = None, delay: Optional[float] = None,
-                     not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None) -> int:
+                     not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None,
+                     dedup_key: Optional[Union[str, bytes]] = None, dedup_window: Optional[float] = None) -> int:
+        if dedup_key is not None or dedup_window is not None:
+            return await self._append_dedup(data, key, headers, _not_before_ns(delay, not_before), timeout,
+                                            dedup_key, dedup_window)
         return (await self._append([data], None if key is None else [key], None if headers is None else [headers],
                                    _not_before_ns(delay, not_before), timeout))[0]
 
@@ -316,6 +320,33 @@ class AsyncLog:
         return await self._append(list(items), None if keys is None else list(keys),
                                   None if headers is None else list(headers), _not_before_ns(delay, not_before),
                                   timeout)
+
+    async def _append_dedup(self, data: Any, key: Any, headers: Any, nb: Optional[int], timeout: Optional[float],
+                            dedup_key: Any, dedup_window: Optional[float]) -> int:
+        """Log.append(dedup_key=...) without blocking the loop: a full log
+        parks as _append does; an append of the same key in flight in another
+        process (at most its claim -> commit, unless that one waits for space)
+        is waited out with a short backoff."""
+        log = self.log
+        if log.durable and log._fsync == "always":
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: log._append_dedup(data, key, headers, nb, timeout, dedup_key, dedup_window, True))
+        deadline = _deadline(timeout)
+        pause = 0.0002
+        while True:
+            try:
+                return log._append_dedup(data, key, headers, nb, 0, dedup_key, dedup_window, False)
+            except _core._DedupInFlight:
+                left = _remaining(deadline)
+                if left is not None and left <= 0:
+                    raise
+                await asyncio.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, 0.02)
+            except _core.Full:
+                size = len(_as_bytes(data, "data")) + 4096 + 8  # a bound on key + headers + not-before
+                if not await _park(self._h.parker(1).wait((1, _frame(min(size, log._ring.max_message_size)))),
+                                   deadline):
+                    return log._append_dedup(data, key, headers, nb, 0, dedup_key, dedup_window, False)
 
     async def _append(self, items: list, keys: Optional[list], headers: Optional[list], nb: Optional[int],
                       timeout: Optional[float]) -> List[int]:

@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from . import _core, _meta
 from ._core import Message
@@ -33,6 +33,9 @@ __all__ = ["open", "Log", "Group", "Consumer", "Message", "Backoff", "DeadLetter
 
 DEFAULT_LOG_CAPACITY = 64 << 20
 DEFAULT_SEGMENT_SIZE = 64 << 20
+DEFAULT_DEDUP_SLOTS = 16384          # 512 buckets of 63 entries (2 MiB); 0 = no dedup table
+DEFAULT_DEDUP_WINDOW = 300.0         # seconds (SQS's five minutes)
+MAX_DEDUP_SLOTS = (1 << 16) * 63     # the core's bucket limit
 _START = {"earliest": 0, "latest": 1}
 _FSYNC = {"never": 0, "interval": 1, "always": 2}
 PathLike = Union[str, "os.PathLike[str]"]
@@ -141,7 +144,8 @@ class Record:
 def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_CAPACITY, max_groups: int = 16,
          window: int = 4096, create: bool = True, wait: float = 1.0, segment_size: int = DEFAULT_SEGMENT_SIZE,
          fsync: str = "interval", fsync_interval: float = 0.05, retention: Optional[Retention] = None,
-         recover: bool = False, on_corrupt: str = "refuse") -> "Log":
+         recover: bool = False, on_corrupt: str = "refuse", dedup_window: float = DEFAULT_DEDUP_WINDOW,
+         dedup_slots: int = DEFAULT_DEDUP_SLOTS) -> "Log":
     """Attach to the log ``name``, creating it if needed (and ``create``).
 
     Shared memory (default): ``name`` is a queue name, ``capacity`` the ring's
@@ -156,15 +160,44 @@ def open(name: PathLike, *, durable: bool = False, capacity: int = DEFAULT_LOG_C
     closed everywhere), ``on_corrupt`` = "refuse" (default: a corrupt record
     in the middle of the log fails the open with ``CorruptRecordError``) or
     "skip" (drop it, counted in ``recovery_report["skipped"]``).
+
+    Deduplication (``append(data, dedup_key=...)``, docs/messages.md §3): a
+    table of ``dedup_slots`` entries (0 = none) lives in the log's shared
+    memory or control file; a key counts as appended for ``dedup_window``
+    seconds (the default of ``append``'s own ``dedup_window``).  Size it for
+    about twice the keys appended per window.  Both are fixed when the log is
+    created; an existing log keeps its own.
     """
+    dedup = _dedup_params(dedup_window, dedup_slots)
     if durable:
         return Log._open_durable(name, segment_size, max_groups, window, create, wait, fsync, fsync_interval,
-                                 retention, recover, on_corrupt)
+                                 retention, recover, on_corrupt, dedup=dedup)
     for what, v in (("segment_size", segment_size != DEFAULT_SEGMENT_SIZE), ("retention", retention is not None),
                     ("recover", recover), ("on_corrupt", on_corrupt != "refuse")):
         if v:
             raise ValueError(f"{what} applies to durable logs: pass durable=True")
-    return Log._open_or_create(name, capacity, max_groups, window, create, wait)
+    return Log._open_or_create(name, capacity, max_groups, window, create, wait, dedup=dedup)
+
+
+def _dedup_params(window: Any, slots: Any) -> Tuple[int, int]:
+    """(slots, window in ms) for the core, checked."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= MAX_DEDUP_SLOTS:
+        raise ValueError(f"dedup_slots must be an int from 0 to {MAX_DEDUP_SLOTS}, not {slots!r}")
+    return slots, _dedup_window_ms(window, "dedup_window")
+
+
+def _dedup_window_ms(window: Any, what: str) -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0.001 <= window <= 30 * 86400:
+        raise ValueError(f"{what} must be a number of seconds from 0.001 to 2592000 (30 days), not {window!r}")
+    return max(1, int(round(window * 1000)))
+
+
+def _dedup_key_bytes(key: Any) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"dedup_key must be str or bytes, not {type(key).__name__}")
 
 
 _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<default>"})()  # a setting not given
@@ -243,14 +276,15 @@ class Log:
         raise TypeError("use fastq.open(name) to get a Log")
 
     @classmethod
-    def _open_or_create(cls, name, capacity, max_groups, window, create, wait, join: bool = True) -> "Log":
+    def _open_or_create(cls, name, capacity, max_groups, window, create, wait, join: bool = True,
+                        dedup: Tuple[int, int] = (0, 0)) -> "Log":
         if not isinstance(name, str):
             raise TypeError(f"log name must be a str, not {type(name).__name__}")
         ring = _core.Ring()
         ring._kind = 1  # producer
         if create:
             try:
-                ring._create(name, int(capacity), 0, 0, 0, int(max_groups), int(window), True)
+                ring._create(name, int(capacity), 0, 0, 0, int(max_groups), int(window), True, dedup[0], dedup[1])
             except FileExistsError:
                 ring = _core.Ring()
                 ring._kind = 1
@@ -278,7 +312,8 @@ class Log:
 
     @classmethod
     def _open_durable(cls, path, segment_size, max_groups, window, create, wait, fsync, fsync_interval,
-                      retention, recover, on_corrupt, join: bool = True) -> "Log":
+                      retention, recover, on_corrupt, join: bool = True,
+                      dedup: Tuple[int, int] = (0, 0)) -> "Log":
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"log path must be a str or os.PathLike, not {type(path).__name__}")
@@ -300,7 +335,8 @@ class Log:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
             try:
-                ring._create_dir(path, segment_size, int(max_groups), int(window), _FSYNC[fsync])
+                ring._create_dir(path, segment_size, int(max_groups), int(window), _FSYNC[fsync], 0, 0, dedup[0],
+                                 dedup[1])
             except FileExistsError:
                 ring = _core.Ring()
                 ring._kind = 1
@@ -331,7 +367,8 @@ class Log:
     # -- producing
     def append(self, data: Union[bytes, bytearray, memoryview], *, key: Optional[bytes] = None,
                headers: Optional[Mapping[str, Union[str, bytes]]] = None, delay: Optional[float] = None,
-               not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None) -> int:
+               not_before: Optional[_dt.datetime] = None, timeout: Optional[float] = None,
+               dedup_key: Optional[Union[str, bytes]] = None, dedup_window: Optional[float] = None) -> int:
         """Append one record (with an optional ``key``, bytes, and
         ``headers``, a small mapping of str to str or bytes: at most 64, key
         and headers at most 4 KiB together); returns its offset.  ``delay``
@@ -339,13 +376,35 @@ class Log:
         record earlier; records after it are not held back (a delayed record
         waits in a group's lease window).  A shared-memory log blocks while
         the slowest group holds the space (``timeout`` -> ``queue.Full``); a
-        durable log never waits for groups."""
+        durable log never waits for groups.
+
+        ``dedup_key`` (str or bytes): if a record with this key was appended
+        to the log within ``dedup_window`` seconds (default: the log's, see
+        :func:`fastq.open`), from any process, nothing is appended and the
+        original's offset is returned; producers racing with one key append
+        it once.  A producer killed mid-append counts as having appended iff
+        its record was committed.  ``DedupTableFullError`` if the table has
+        no room for the key (nothing appended)."""
         if self._flusher_gen != _forks[0] and self._stop is not None:
             self._start_flusher()  # a forked child has no flusher thread yet
+        if dedup_key is not None or dedup_window is not None:
+            return self._append_dedup(data, key, headers, _not_before_ns(delay, not_before), timeout, dedup_key,
+                                      dedup_window, True)
         if headers or delay is not None or not_before is not None:  # no Python call on the plain path
             prefix, flags = _meta.encode(_key_bytes(key), headers, _not_before_ns(delay, not_before))
             return self._ring._append(data, True, timeout, prefix, flags)
         return self._ring._append(data, True, timeout, key)
+
+    def _append_dedup(self, data: Any, key: Any, headers: Any, nb: Optional[int], timeout: Optional[float],
+                      dedup_key: Any, dedup_window: Optional[float], block: bool) -> int:
+        if dedup_key is None:
+            raise ValueError("dedup_window needs a dedup_key")
+        dk = _dedup_key_bytes(dedup_key)
+        win = 0.0 if dedup_window is None else _dedup_window_ms(dedup_window, "dedup_window") / 1000.0
+        if headers or nb is not None:
+            prefix, flags = _meta.encode(_key_bytes(key), headers, nb)
+            return self._ring._append_dedup(data, dk, win, block, timeout, prefix, flags)
+        return self._ring._append_dedup(data, dk, win, block, timeout, _key_bytes(key))
 
     def append_many(self, items: Iterable[Union[bytes, bytearray, memoryview]], *,
                     keys: Optional[Iterable[Optional[bytes]]] = None,
@@ -603,6 +662,7 @@ class Log:
                 "members_alive": base["members_alive"], "groups": {},
             }
             out["bytes_free"] = out["capacity"] - out["bytes_used"]
+        out["dedup"] = self._ring._dedup_stats()
         now = time.time()
         out["members"] = self.members()
         for g in self._ring._groups():

@@ -189,6 +189,7 @@ int fq_member_group(fq_queue *q, uint32_t g);   /* this handle consumes (and cou
 int fq_group_info(fq_queue *q, uint32_t g, fq_group_cfg *out, char name[64], char dlq[64]); /* lock-free */
 int fq_finished(fq_queue *q, uint32_t g, uint64_t seq);  /* acked/dead/skipped in g (lock-free) */
 uint32_t fq_leases_held(fq_queue *q, uint32_t g, uint32_t member);  /* lock-free */
+int fq_lease_state(fq_queue *q, uint32_t g, uint64_t seq, uint32_t *deliveries); /* lock-free; fq_group.c */
 int fq_group_reset(fq_queue *q, const char *name, uint32_t start, uint64_t start_seq, int force, uint32_t *live);
 
 /* A member slot as monitoring sees it (fq_member_peek: lock-free). */

@@ -503,6 +503,27 @@ int fq_finished(fq_queue *q, uint32_t g, uint64_t seq)
     return fq__lw_is(w, seq) && fq__lst_terminal(fq__lw_st(w));
 }
 
+/* The state of record seq in group g (lock-free, monitoring): FQ_L_* of
+ * its window entry (FRESH if the entry is of another lap), FQ_L_ACKED for
+ * every seq below the low-watermark (finished: acked, dead or skipped),
+ * -1 beyond the window (not dispatched yet).  *deliveries: of the entry. */
+int fq_lease_state(fq_queue *q, uint32_t g, uint64_t seq, uint32_t *deliveries)
+{
+    *deliveries = 0;
+    if (g >= q->max_groups)
+        return -1;
+    uint64_t low = atomic_load_explicit(&fq__group(q, g)->g_low, FQ_ACQUIRE);
+    if ((int64_t)(seq - low) < 0)
+        return FQ_L_ACKED;
+    if (seq - low >= fq__gw(q, g))
+        return -1;
+    uint64_t w = atomic_load_explicit(&fq__lease(q, g, seq)->l_w, FQ_ACQUIRE);
+    if (!fq__lw_is(w, seq))
+        return fq__lw_newer(w, seq) ? FQ_L_ACKED : FQ_L_FRESH;
+    *deliveries = fq__lw_deliv(w);
+    return (int)fq__lw_st(w);
+}
+
 /* Leases member `id` holds in group g now (lock-free, for monitoring). */
 uint32_t fq_leases_held(fq_queue *q, uint32_t g, uint32_t id)
 {
