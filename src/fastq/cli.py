@@ -7,7 +7,9 @@
     dlq TARGET list|show|requeue|purge
     recover PATH / verify PATH    durable logs: run recovery / CRC-check every record
     unlink TARGET                 remove a shared-memory queue (or a durable log's files)
-    exporter --port 9464 TARGET…  Prometheus metrics over HTTP
+    exporter --port 9464 TARGET…  Prometheus metrics over HTTP (a jobs app directory too)
+    worker MODULE:APP [--processes N] [--autoscale LO:HI]   run job workers (fastq.jobs)
+    jobs ls|stat|retry|purge APP  background jobs of an app directory
     demo, bench                   the demo and the comparison benchmark
 
 TARGET is a shared-memory queue name, or the directory of a durable log (a
@@ -211,6 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("unlink", help="remove a shared-memory queue (or delete a durable log's files)")
     u.add_argument("target")
+
+    w = sub.add_parser("worker", help="run a pool of job worker processes for a fastq.jobs app")
+    w.add_argument("app", help="MODULE:ATTRIBUTE naming the fastq.jobs.App (e.g. myapp:app)")
+    w.add_argument("--queue", "-Q", default="default", help="the queue to consume (default: default)")
+    w.add_argument("--processes", "-p", type=int, default=None, help="worker processes (default: one per CPU)")
+    w.add_argument("--autoscale", default=None, metavar="LOW:HIGH",
+                   help="scale between LOW and HIGH processes with the backlog")
+    w.add_argument("--prefetch", type=int, default=64, help="jobs a worker leases at once at most (default 64)")
+    w.add_argument("--scale-interval", type=float, default=1.0, help="seconds between two scaling changes")
+    w.add_argument("--idle-timeout", type=float, default=10.0, help="seconds without a job before a worker retires")
+    w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    j = sub.add_parser("jobs", help="background jobs of a fastq.jobs app: ls, stat, retry, purge")
+    j.add_argument("action", choices=["ls", "stat", "retry", "purge"])
+    j.add_argument("app", help="the app's directory (or MODULE:ATTRIBUTE)")
+    j.add_argument("jobs", nargs="*", help="retry: ids (queue:offset) or offsets of dead jobs")
+    j.add_argument("--queue", "-Q", default=None, help="one queue (default: all; retry: default)")
+    j.add_argument("--all", action="store_true", help="retry: every dead job of the queue")
+    j.add_argument("--results", action="store_true", help="purge: every stored result, not only expired ones")
+    j.add_argument("--dead", action="store_true", help="purge: also drop the queue's pending dead jobs")
+    j.add_argument("--json", action="store_true")
 
     e = sub.add_parser("exporter", help="serve Prometheus metrics of queues over HTTP")
     e.add_argument("targets", nargs="+")
@@ -722,6 +745,150 @@ def cmd_exporter(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"demo": cmd_demo, "ls": cmd_ls, "stat": cmd_stat, "groups": cmd_groups, "tail": cmd_tail,
+def cmd_worker(a: argparse.Namespace) -> int:
+    import logging
+    from .jobs import Pool, load_app
+    auto = None
+    if a.autoscale is not None:
+        lo, sep, hi = a.autoscale.partition(":")
+        if not sep or not lo.isdigit() or not hi.isdigit():
+            raise _ops.OpsError(f"--autoscale takes LOW:HIGH (e.g. 1:16), not {a.autoscale!r}")
+        auto = (int(lo), int(hi))
+    logging.basicConfig(level=a.loglevel.upper(), format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    app = load_app(a.app)
+    pool = Pool(app, a.queue, processes=a.processes, autoscale=auto, prefetch=a.prefetch,
+                scale_interval=a.scale_interval, idle_timeout=a.idle_timeout)
+    return pool.run()
+
+
+def _jobs_app(spec: str) -> Any:
+    from .jobs import App, load_app
+    if ":" in spec and not os.path.isdir(spec):
+        return App.observe(load_app(spec).path)
+    try:
+        return App.observe(spec)
+    except FileNotFoundError as e:
+        raise _ops.OpsError(str(e)) from None
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    app = _jobs_app(a.app)
+    try:
+        queues = [a.queue] if a.queue else app.queues()
+        if a.queue and a.queue not in app.queues():
+            raise _ops.OpsError(f"{app.path} has no queue {a.queue!r} (queues: {', '.join(app.queues()) or 'none'})")
+        if a.action in ("ls", "stat"):
+            rows = []
+            for q in queues:
+                st = app.stats(q)
+                st["dead_pending"] = _dead_pending(app, q)
+                rows.append(st)
+            if a.json:
+                _print_json(rows if a.action == "ls" else {r["queue"]: r for r in rows})
+            elif a.action == "ls":
+                print(_table([[r["queue"], _num(r["enqueued"]), _num(r["backlog"]), _num(r["running"]),
+                               _num(r["retried"]), _num(r["results"].get("succeeded", 0)),
+                               _num(r["results"].get("dead", 0)), _num(r["dead_pending"]), _num(r["workers"]),
+                               _age(r["oldest_age"])] for r in rows],
+                             ["QUEUE", "ENQUEUED", "BACKLOG", "RUNNING", "RETRIED", "SUCCEEDED", "DEAD",
+                              "DLQ", "WORKERS", "OLDEST"]) if rows else f"no queues in {app.path}")
+            else:
+                for r in rows:
+                    print(f"queue {r['queue']} of {app.path}")
+                    for k in ("enqueued", "backlog", "running", "delivered", "retried", "dead_lettered",
+                              "dead_pending", "workers"):
+                        print(f"  {k.replace('_', ' '):14} {_num(r[k])}")
+                    print(f"  {'oldest':14} {_age(r['oldest_age'])}")
+                    for k, v in sorted(r["results"].items()):
+                        print(f"  {'results ' + k:14} {_num(v)}")
+            return EXIT_OK
+        if a.action == "retry":
+            return _jobs_retry(a, app, a.queue or "default")
+        # purge
+        n = app._results.purge(a.queue, everything=a.results)
+        out: Dict[str, Any] = {"results_deleted": n}
+        if a.dead:
+            for q in queues:
+                out[f"dead_purged:{q}"] = _jobs_dlq(app, q, "purge", [], True, a.json, quiet=True)
+        if a.json:
+            _print_json(out)
+        else:
+            print(f"deleted {n} {'stored' if a.results else 'expired'} result(s)" +
+                  "".join(f"; purged {v} dead job(s) of {k.split(':', 1)[1]}" for k, v in out.items()
+                          if k.startswith("dead_purged:")))
+        return EXIT_OK
+    finally:
+        app.close()
+
+
+def _dead_pending(app: Any, queue: str) -> int:
+    path = os.path.join(app.path, "queues", queue, "dlq")
+    if not os.path.exists(os.path.join(path, "control")):
+        return 0
+    dlq = _ops.open_target(path)
+    try:
+        st = dlq.stats()
+        g = st["groups"].get(DLQ_GROUP)   # the cursor of `dlq requeue|purge`: below it, handled
+        return g["lag"] if g else st["head"] - st["oldest"]
+    finally:
+        dlq.close()
+
+
+def _jobs_dlq(app: Any, queue: str, action: str, offsets: List[int], every: bool, as_json: bool,
+              quiet: bool = False) -> int:
+    """dlq requeue/purge on a queue's dead-letter log; returns how many."""
+    log = _ops.open_target(os.path.join(app.path, "queues", queue))
+    try:
+        try:
+            dlq = _ops.open_target(os.path.join(log.name, "dlq"))
+        except _ops.OpsError:
+            if quiet or every:
+                return 0
+            raise _ops.OpsError(f"queue {queue!r} has no dead jobs") from None
+        try:
+            ns = argparse.Namespace(action=action, offsets=offsets, all=every, to=None, force=True,
+                                    json=as_json or quiet, group=None)
+            if quiet:  # the count, not the report
+                import contextlib
+                import io
+                buf = io.StringIO()
+                with contextlib.redirect_stdout(buf):
+                    _dlq_action(ns, log, dlq)
+                return int(json.loads(buf.getvalue())["count"])
+            return _dlq_action(ns, log, dlq)
+        finally:
+            dlq.close()
+    finally:
+        log.close()
+
+
+def _jobs_retry(a: argparse.Namespace, app: Any, queue: str) -> int:
+    """Enqueue dead jobs again (new job ids), from the queue's dead-letter log."""
+    if not a.jobs and not a.all:
+        raise _ops.OpsError("jobs retry needs job ids (queue:offset) or --all")
+    if a.all:
+        return _jobs_dlq(app, queue, "requeue", [], True, a.json)
+    want = set()
+    for jid in a.jobs:
+        q, _, off = jid.rpartition(":")
+        if (q and q != queue) or not off.isdigit():
+            raise _ops.OpsError(f"not a job id of queue {queue!r}: {jid!r}")
+        want.add(int(off))
+    path = os.path.join(app.path, "queues", queue, "dlq")
+    try:
+        dlq = _ops.open_target(path)
+    except _ops.OpsError:
+        raise _ops.OpsError(f"queue {queue!r} has no dead jobs") from None
+    try:
+        found = {dl.offset: r.offset for r, dl in _dead_letters(dlq, "earliest") if dl is not None and dl.offset in want}
+    finally:
+        dlq.close()
+    missing = sorted(want - set(found))
+    if missing:
+        raise _ops.OpsError(f"not dead jobs of queue {queue!r}: {', '.join(f'{queue}:{m}' for m in missing)}")
+    return _jobs_dlq(app, queue, "requeue", sorted(found.values()), False, a.json)
+
+
+_COMMANDS = {"worker": cmd_worker, "jobs": cmd_jobs, "demo": cmd_demo, "ls": cmd_ls, "stat": cmd_stat, "groups": cmd_groups, "tail": cmd_tail,
              "dlq": cmd_dlq, "recover": cmd_recover, "verify": cmd_verify, "unlink": cmd_unlink,
              "exporter": cmd_exporter}

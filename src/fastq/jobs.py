@@ -93,9 +93,12 @@ class _Results:
         self._pid = -1
         self._db: Optional[sqlite3.Connection] = None
         self._lock = threading.Lock()
+        self.readonly = False   # an observer: never creates the database
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid() or self._db is None:
+            if self.readonly and not os.path.exists(self.path):
+                raise FileNotFoundError(self.path)
             if not os.path.exists(self.path):
                 try:  # created 0600, never through a symlink
                     os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
@@ -128,6 +131,8 @@ class _Results:
                 raise
 
     def get(self, queue: str, job: int) -> Optional[_Row]:
+        if self.readonly and not os.path.exists(self.path):
+            return None
         with self._lock:
             r = self._conn().execute("SELECT status, value, error, attempts, finished, task, expires FROM results "
                                      "WHERE queue = ? AND job = ?", (queue, job)).fetchone()
@@ -136,6 +141,8 @@ class _Results:
         return _Row(r[0], r[1], r[2], r[3], r[4], r[5])
 
     def counts(self, queue: str) -> Dict[str, int]:
+        if self.readonly and not os.path.exists(self.path):
+            return {}
         with self._lock:
             rows = self._conn().execute("SELECT status, COUNT(*) FROM results WHERE queue = ? AND expires >= ? "
                                         "GROUP BY status", (queue, time.time())).fetchall()
@@ -143,6 +150,8 @@ class _Results:
 
     def purge(self, queue: Optional[str] = None, everything: bool = False) -> int:
         """Delete expired rows (or every row, ``everything``); returns how many."""
+        if self.readonly and not os.path.exists(self.path):
+            return 0
         with self._lock:
             db = self._conn()
             where, args = ("1", ()) if everything else ("expires < ?", (time.time(),))
@@ -311,6 +320,23 @@ class App:
         self._gidx: Dict[str, int] = {}
         self._pid = os.getpid()
         self._results = _Results(os.path.join(self.path, "results.sqlite3"), float(result_ttl))
+        self._observer = False
+
+    @classmethod
+    def observe(cls, path: Union[str, os.PathLike]) -> "App":
+        """An App for monitoring and administration (the CLI, the exporter):
+        it opens existing queues as observers (no member slot, no group
+        joined) and creates nothing."""
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(os.path.join(path, "queues")):
+            raise FileNotFoundError(f"no fastq.jobs app at {path!r} (no queues directory)")
+        app = cls.__new__(cls)
+        app.path, app.tasks, app._fsync, app._fsync_interval = path, {}, "never", 0.05
+        app._dedup, app._logs, app._gidx, app._pid = (300.0, 0), {}, {}, os.getpid()
+        app._results = _Results(os.path.join(path, "results.sqlite3"), 86400.0)
+        app._results.readonly = True
+        app._observer = True
+        return app
 
     # -- tasks
     def task(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None, queue: str = "default",
@@ -384,6 +410,11 @@ class App:
         if lg is None:
             if not _core.name_valid(queue):
                 raise ValueError(f"invalid queue name {queue!r}")
+            if self._observer:
+                from . import _ops
+                lg = _ops.open_target(os.path.join(self.path, "queues", queue))
+                self._logs[queue] = lg
+                return lg
             lg = _open_log(os.path.join(self.path, "queues", queue), durable=True, fsync=self._fsync,
                            fsync_interval=self._fsync_interval, max_groups=4, window=WINDOW,
                            dedup_window=self._dedup[0], dedup_slots=self._dedup[1])
@@ -398,7 +429,11 @@ class App:
         self._after_fork()
         g = self._gidx.get(queue)
         if g is None:
-            g = self._gidx[queue] = self._group(queue)._index
+            if self._observer:
+                g = self._log(queue)._ring._group_find(GROUP)
+            else:
+                g = self._group(queue)._index
+            self._gidx[queue] = g
         return g
 
     # -- running jobs in this process (tests, scripts)
@@ -859,9 +894,16 @@ def load_app(spec: str) -> App:
     import importlib
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(mod)
+    try:
+        obj: Any = importlib.import_module(mod)
+    except ImportError as e:
+        raise ValueError(f"cannot import {mod!r} for {spec}: {e}") from None
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{spec}: {type(obj).__name__} {getattr(obj, '__name__', '')!r} has no "
+                             f"attribute {part!r}") from None
     if not isinstance(obj, App):
         raise TypeError(f"{spec} is a {type(obj).__name__}, not a fastq.jobs.App")
     return obj

@@ -468,33 +468,58 @@ int fq_create(fq_queue *q, const char *name, const fq_params *p)
 int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
 {
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        fq__err("fstat: %s", strerror(errno));
-        return FQ_ERR_SYS;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        fq__err("%s is not a regular file", q->path[0] ? q->path : "queue");
-        return FQ_ERR_FORMAT;
-    }
-    if (st.st_uid != geteuid()) {
-        fq__err("%s is owned by uid %u, not by us (uid %u)", q->path[0] ? q->path : "queue", (unsigned)st.st_uid,
-                (unsigned)geteuid());
-        return FQ_ERR_PERM;
-    }
-    if (st.st_mode & 077) {
-        fq__err("%s has group/other permissions (mode %03o); fastq requires 0600",
-                q->path[0] ? q->path : "queue", (unsigned)(st.st_mode & 0777));
-        return FQ_ERR_PERM;
-    }
-    if ((uint64_t)st.st_size < 3 * FQ_PAGE) {
-        fq__err("%s is too small to be a fastq queue (%lld bytes)", q->path[0] ? q->path : "queue",
-                (long long)st.st_size);
-        return FQ_ERR_FORMAT;
-    }
-    struct fq_super_shm *sup = mmap(NULL, FQ_PAGE, PROT_READ, MAP_SHARED, fd, 0);
-    if (sup == MAP_FAILED) {
-        fq__err("mmap: %s", strerror(errno));
-        return FQ_ERR_SYS;
+    struct fq_super_shm *sup;
+    int64_t until = fq_now_ns() + wait_ns;
+    static const char zero8[8];
+    for (;;) {
+        if (fstat(fd, &st) != 0) {
+            fq__err("fstat: %s", strerror(errno));
+            return FQ_ERR_SYS;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            fq__err("%s is not a regular file", q->path[0] ? q->path : "queue");
+            return FQ_ERR_FORMAT;
+        }
+        if (st.st_uid != geteuid()) {
+            fq__err("%s is owned by uid %u, not by us (uid %u)", q->path[0] ? q->path : "queue",
+                    (unsigned)st.st_uid, (unsigned)geteuid());
+            return FQ_ERR_PERM;
+        }
+        if (st.st_mode & 077) {
+            fq__err("%s has group/other permissions (mode %03o); fastq requires 0600",
+                    q->path[0] ? q->path : "queue", (unsigned)(st.st_mode & 0777));
+            return FQ_ERR_PERM;
+        }
+        int small = (uint64_t)st.st_size < 3 * FQ_PAGE, blank = 0;
+        sup = NULL;
+        if (!small) {
+            sup = mmap(NULL, FQ_PAGE, PROT_READ, MAP_SHARED, fd, 0);
+            if (sup == MAP_FAILED) {
+                fq__err("mmap: %s", strerror(errno));
+                return FQ_ERR_SYS;
+            }
+            blank = memcmp(sup->s_magic, zero8, 8) == 0;
+            if (!blank)
+                break;
+        }
+        /* A file created a moment ago may still be empty or without its magic
+         * (the creator truncates, then fills, then writes the magic): wait
+         * for it like for READY below.  An old one is refused at once. */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        int young = now.tv_sec - st.st_mtim.tv_sec < 5;
+        if (sup)
+            munmap(sup, FQ_PAGE);
+        if (!young || fq_now_ns() >= until) {
+            if (small)
+                fq__err("%s is too small to be a fastq queue (%lld bytes)", q->path[0] ? q->path : "queue",
+                        (long long)st.st_size);
+            else
+                fq__err("%s is not a fastq queue (bad magic)", q->path[0] ? q->path : "queue");
+            return FQ_ERR_FORMAT;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
     }
     int rc = FQ_OK;
     struct fq_super_shm s;
@@ -510,7 +535,6 @@ int fq__attach(fq_queue *q, int fd, int64_t wait_ns)
         rc = FQ_ERR_FORMAT;
         goto out;
     }
-    int64_t until = fq_now_ns() + wait_ns;
     uint32_t state;
     while ((state = atomic_load_explicit(&sup->s_state, FQ_ACQUIRE)) != FQ_S_READY) {
         if (state == FQ_S_POISONED || fq_now_ns() >= until)
