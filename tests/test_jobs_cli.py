@@ -90,3 +90,26 @@ def test_errors_are_one_line(appdir, tmp_path):
                        (["jobs", "retry", str(cwd / "data")], "job ids")):
         p = run(*args, cwd=cwd, check=False)
         assert p.returncode == 2 and what in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_job_metrics(appdir):
+    from fastq import metrics
+    cwd, mod = appdir
+    for i in range(4):
+        mod.add.delay(i, 1)
+    mod.boom.delay(0)
+    while mod.app.run_pending(timeout=0.05):
+        time.sleep(0.02)
+    col = metrics.FastqCollector([str(cwd / "data")])
+    try:
+        got = {(m, tuple(sorted(lab.items()))): v for m, lab, v in metrics.samples(col._sources)}
+    finally:
+        col.close()
+    lab = (("app", str(cwd / "data")), ("queue", "default"))
+    assert got[("fastq_jobs_up", (("app", str(cwd / "data")),))] == 1
+    assert got[("fastq_jobs_enqueued_total", lab)] == 5
+    assert got[("fastq_jobs_backlog", lab)] == 0
+    assert got[("fastq_jobs_attempts_total", lab)] == 6       # 4 adds, boom twice
+    assert got[("fastq_jobs_dead_total", lab)] == 1
+    assert got[("fastq_jobs_results", lab + (("status", "succeeded"),))] == 4
+    assert all(m in metrics.METRICS for m, _ in got)

@@ -8,6 +8,9 @@ Register a collector in a program that already serves metrics::
     REGISTRY.register(FastqCollector(["orders", "data/events"]))
 
 or run the exporter: ``python -m fastq exporter --port 9464 orders data/events``.
+A target that is a ``fastq.jobs`` app directory exports ``fastq_jobs_*``
+per queue (enqueued, backlog, running, attempts, retried, dead, workers,
+oldest age, stored results by status).
 
 Every scrape reads the queues' shared counters without a lock (the same
 numbers as ``fastq stat``): it never blocks or slows producers and consumers.
@@ -49,6 +52,17 @@ METRICS: Dict[str, Tuple[str, str, str]] = {
     "fastq_group_acked_total": ("counter", "Records acked", "g"),
     "fastq_group_dead_lettered_total": ("counter", "Records sent to the dead-letter queue (or dropped)", "g"),
     "fastq_group_skipped_total": ("counter", "Records deleted by retention before the group finished them", "g"),
+    # a fastq.jobs app directory (labels app, queue)
+    "fastq_jobs_up": ("gauge", "1 if the jobs app could be read, else 0", "j"),
+    "fastq_jobs_enqueued_total": ("counter", "Jobs enqueued", "j"),
+    "fastq_jobs_backlog": ("gauge", "Jobs enqueued and not finished (waiting, running or retrying)", "j"),
+    "fastq_jobs_running": ("gauge", "Jobs leased to a worker now", "j"),
+    "fastq_jobs_attempts_total": ("counter", "Attempts started (first runs and retries)", "j"),
+    "fastq_jobs_retried_total": ("counter", "Attempts that were retries (failure, timeout, worker died)", "j"),
+    "fastq_jobs_dead_total": ("counter", "Jobs dead-lettered (retries exhausted or not retryable)", "j"),
+    "fastq_jobs_workers": ("gauge", "Worker processes consuming the queue", "j"),
+    "fastq_jobs_oldest_unfinished_age_seconds": ("gauge", "Age of the oldest unfinished job", "j"),
+    "fastq_jobs_results": ("gauge", "Outcomes kept in the results store, by status", "j"),
 }
 
 _GROUP_FIELDS = {
@@ -107,9 +121,56 @@ class _Source:
         self.log = None
 
 
-def samples(sources: Iterable[_Source]) -> Iterator[Sample]:
+class _JobsSource:
+    """A fastq.jobs app directory: its queues, read as an observer."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self.app: Any = None
+
+    def rows(self) -> Optional[List[Dict[str, Any]]]:
+        from .jobs import App
+        try:
+            if self.app is None:
+                self.app = App.observe(self.name)
+            return [self.app.stats(q) for q in self.app.queues()]
+        except (_ops.OpsError, OSError, _core.FastqError, ValueError, KeyError):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+        self.app = None
+
+
+def is_jobs_app(target: Any) -> bool:
+    import os
+    return isinstance(target, str) and os.path.isdir(os.path.join(target, "queues")) and \
+        not os.path.exists(os.path.join(target, "control"))
+
+
+def _job_samples(src: _JobsSource) -> Iterator[Sample]:
+    rows = src.rows()
+    yield "fastq_jobs_up", {"app": src.name}, 0.0 if rows is None else 1.0
+    for r in rows or ():
+        lab = {"app": src.name, "queue": r["queue"]}
+        for metric, field in (("fastq_jobs_enqueued_total", "enqueued"), ("fastq_jobs_backlog", "backlog"),
+                              ("fastq_jobs_running", "running"), ("fastq_jobs_attempts_total", "delivered"),
+                              ("fastq_jobs_retried_total", "retried"), ("fastq_jobs_dead_total", "dead_lettered"),
+                              ("fastq_jobs_workers", "workers"),
+                              ("fastq_jobs_oldest_unfinished_age_seconds", "oldest_age")):
+            yield metric, lab, r[field]
+        for status in ("succeeded", "dead", "retrying"):
+            yield "fastq_jobs_results", dict(lab, status=status), r["results"].get(status, 0)
+
+
+def samples(sources: Iterable[Any]) -> Iterator[Sample]:
     """(metric, labels, value) for every source, read lock-free."""
     for src in sources:
+        if isinstance(src, _JobsSource):
+            yield from _job_samples(src)
+            continue
         st = src.stats()
         q = {"queue": src.name}
         yield "fastq_up", q, 0.0 if st is None else 1.0
@@ -146,7 +207,7 @@ class FastqCollector:
     paths, or open ``Log`` objects)."""
 
     def __init__(self, targets: Sequence[Union[str, Log]]) -> None:
-        self._sources = [_Source(t) for t in targets]
+        self._sources: List[Any] = [_JobsSource(t) if is_jobs_app(t) else _Source(t) for t in targets]
         self._lock = threading.Lock()  # scrapes of one exporter, not the queues: they are never locked
 
     def collect(self) -> Iterator[Any]:
