@@ -270,6 +270,39 @@ def test_sigterm_drains_under_load(app, tmp_path):
     assert all(j.status() == "succeeded" for j in jobs_)
 
 
+def test_kill_9_of_the_pool_itself(app, tmp_path):
+    """The supervisor dies: its workers drain and exit (parent-death signal),
+    their leases return, and a new pool finishes everything."""
+    out = str(tmp_path / "done")
+
+    @app.task(name="work")
+    def work(i):
+        _note(out, i)
+
+    n = 2000
+    js = [work.delay(i) for i in range(n)]
+    ready = CTX.Event()
+    p = CTX.Process(target=_pool_process, args=(app.path, out, ready))
+    p.start()
+    ready.wait(10)
+    deadline = time.monotonic() + 20
+    while len(_lines(out)) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log = app._log("default")
+    assert sum(m["alive"] and m["role"] == "consumer" for m in log.members()) == 2
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    deadline = time.monotonic() + 20
+    while any(m["alive"] and m["role"] == "consumer" for m in log.members()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(m["alive"] and m["role"] == "consumer" for m in log.members())   # no orphan workers
+    with Pool(app, processes=2):
+        for j in js:
+            assert j.wait(timeout=30) is None
+    done = list(map(int, _lines(out)))
+    assert set(done) == set(range(n)) and len(done) == n    # the orphans drained: nothing ran twice
+
+
 def test_kill_9_of_workers_under_load(app, tmp_path):
     out = str(tmp_path / "done")
 

@@ -644,20 +644,35 @@ class _Worker:
                 self._loop.close()
 
 
-def _worker_main(app: App, queue: str, slot: int, slots: _Slots, prefetch: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM (a drain) when the supervisor dies, however it dies."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(app: App, queue: str, slot: int, slots: _Slots, prefetch: int, parent: int) -> None:
     """Entry of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
     w: Optional[_Worker] = None
+    asked = [False]
 
     def on_term(signum: int, frame: Any) -> None:
+        asked[0] = True
         if w is not None:
             w.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    _die_with_parent(parent)
     app._after_fork()
     code = 0
     try:
         w = _Worker(app, queue, slot, slots, prefetch)
+        w.stopping = w.stopping or asked[0]
         while not w.stopping:
             w.step(0.2)
     except BaseException:
@@ -720,7 +735,7 @@ class Pool:
         import multiprocessing as mp
         self.slots.reset(slot)
         p = mp.get_context("fork").Process(target=_worker_main, name=f"fastq-worker-{slot}",
-                                           args=(self.app, self.queue, slot, self.slots, self.prefetch))
+                                           args=(self.app, self.queue, slot, self.slots, self.prefetch, os.getpid()))
         p.daemon = False
         p.start()
         self.procs[slot] = p
