@@ -357,3 +357,27 @@ def test_pool_arguments(app):
             Pool(app, **kw)
     with pytest.raises(TypeError):
         Pool("not an app")
+
+
+def _open_results(path, barrier):
+    barrier.wait(10)
+    r = jobs._Results(path, 100)
+    r.put_many([("q", os.getpid(), "t", "succeeded", None, None, 1)])
+    r.close()
+
+
+def test_results_store_opened_by_many_processes_at_once(tmp_path):
+    """The first opens race to switch the new database to WAL and create the
+    schema: SQLite answers "database is locked" without waiting; retried
+    (found by the jobs benchmark: a worker died of it)."""
+    for i in range(10):
+        path = str(tmp_path / f"r{i}.sqlite3")
+        b = CTX.Barrier(4)
+        ps = [CTX.Process(target=_open_results, args=(path, b)) for _ in range(4)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join(30)
+        assert [p.exitcode for p in ps] == [0] * 4
+        assert jobs._Results(path, 100).counts("q") == {"succeeded": 4}
+        assert os.stat(path).st_mode & 0o777 == 0o600

@@ -1672,6 +1672,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for gc in GROUP_CELLS:
             print(f"{'':14}{gc.name}: {gc.doc}")
         from ._bench_durable import IMPLS as durable_registry
+        from ._bench_jobs import IMPLS as job_tools, available as job_available
+        print(f"{'jobs':12}  no-op jobs/s and enqueue->start latency, 2 workers (fastq._bench_jobs):")
+        for n_ in job_tools:
+            print(f"{'':14}{n_}: {job_available(n_) or 'available'}")
         print(f"{'durable':12}  persistent queues in one process (in the default run; replay too):")
         for n_, di in durable_registry.items():
             print(f"{'':14}{n_} [fsync {di.fsync}]: {di.available() or 'available'}")
@@ -1690,7 +1694,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     specials = {"numpy": "numpy", "groups": "groups", "group": "groups", "durable": "durable",
-                "consumergroups": "groups", "replay": "replay"}
+                "consumergroups": "groups", "replay": "replay", "jobs": "jobs"}
     picked = {specials[_norm(n)] for n in names if _norm(n) in specials}
     want_numpy = not names or "numpy" in picked
     want_groups = (not names and GROUPS_IN_DEFAULT_RUN) or "groups" in picked
@@ -1698,6 +1702,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not names or "durable" in picked:  # the durable section: persistent queues
         from ._bench_durable import select as durable_select
     want_replay = not names or "replay" in picked
+    want_jobs = not names or "jobs" in picked
     names = [n for n in names if _norm(n) not in specials]
     try:
         scenarios = ([scenario_by_name(s) for s in names]
@@ -1708,7 +1713,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
     for w_ in wanted:
         is_durable = durable_select is not None and bool(durable_select([w_]))
-        if w_ not in ADAPTERS and w_ != "redis" and not is_durable:
+        from ._bench_jobs import IMPLS as job_tools
+        if w_ not in ADAPTERS and w_ != "redis" and not is_durable and w_ not in job_tools:
             print(f"error: unknown implementation {w_!r}; known: {', '.join(ADAPTERS)}, redis",
                   file=sys.stderr)
             return 2
@@ -1794,6 +1800,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             replay = replay_cell(int(os.environ.get("FASTQ_REPLAY_BYTES", 4 << 30)))
         except Exception as e:  # noqa: BLE001 - reported with the other failures
             failures.append(f"replay: {e!r}")
+    jobs = None
+    if want_jobs:
+        from . import _bench_jobs
+        jimpls = [w_ for w_ in wanted if w_ in _bench_jobs.IMPLS] or None
+        if not wanted or jimpls or "fastq" in wanted:
+            jobs = _bench_jobs.run(jimpls, quick=args.quick, progress=lambda s: prog.show(done, s))
+            failures += [f"jobs / {r['impl']}: {r.get('error')}" for r in jobs if r.get("status") == "failed"]
     prog.show(done, "done")
     prog.end()
     env = environment()
@@ -1833,6 +1846,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if replay is not None:
         from ._bench_durable import format_replay
         print("\n" + format_replay(replay))
+    if jobs is not None:
+        from ._bench_jobs import format_table as format_jobs
+        print("\n" + format_jobs(jobs))
     if failures:
         print("\nFAILED cells:")
         for f in failures:
@@ -1846,7 +1862,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "groups": bool(group_impls),
                           "skipped": notes},
                "results": rows, "numpy": np_result, "groups": groups, "durable": durable,
-               "replay": replay}
+               "replay": replay, "jobs": jobs}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
         print(f"\nraw results written to {args.json}")

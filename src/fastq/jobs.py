@@ -105,12 +105,25 @@ class _Results:
                 except FileExistsError:
                     pass
             db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS results (queue TEXT NOT NULL, job INTEGER NOT NULL, "
-                       "task TEXT NOT NULL, status TEXT NOT NULL, value BLOB, error TEXT, attempts INTEGER, "
-                       "finished REAL, expires REAL, PRIMARY KEY (queue, job)) WITHOUT ROWID")
-            db.execute("CREATE INDEX IF NOT EXISTS results_expires ON results (expires)")
+            # Switching to WAL (once: the mode is kept in the file) and creating
+            # the schema can answer "locked" without waiting while another
+            # process does the same: retried, bounded.
+            for attempt in range(500):
+                try:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.execute("CREATE TABLE IF NOT EXISTS results (queue TEXT NOT NULL, job INTEGER NOT NULL, "
+                               "task TEXT NOT NULL, status TEXT NOT NULL, value BLOB, error TEXT, "
+                               "attempts INTEGER, finished REAL, expires REAL, PRIMARY KEY (queue, job)) "
+                               "WITHOUT ROWID")
+                    db.execute("CREATE INDEX IF NOT EXISTS results_expires ON results (expires)")
+                    break
+                except sqlite3.OperationalError as e:
+                    if attempt == 499 or not ("locked" in str(e) or "busy" in str(e)):
+                        db.close()
+                        raise
+                    time.sleep(0.01)
             self._db, self._pid = db, os.getpid()
         return self._db
 
@@ -320,6 +333,7 @@ class App:
         self._gidx: Dict[str, int] = {}
         self._pid = os.getpid()
         self._results = _Results(os.path.join(self.path, "results.sqlite3"), float(result_ttl))
+        self._results.counts("default")   # the store and its schema exist before any worker starts
         self._observer = False
 
     @classmethod
