@@ -145,6 +145,11 @@ def test_task_options_are_checked(app):
             app.task(**kw)(lambda: None)
     with pytest.raises(ValueError, match="job id"):
         app.job("nonsense")
+    app.task(name="t")(lambda: None).delay()
+    with pytest.raises(ValueError, match="has 1 jobs"):
+        app.job("default:1")
+    with pytest.raises(ValueError, match="no queue 'other'"):
+        app.job("other:0")
     with pytest.raises(ValueError, match="result_ttl"):
         App(app.path, result_ttl=0)
 

@@ -400,6 +400,10 @@ class App:
         queue, sep, off = str(job_id).rpartition(":")
         if not sep or not queue or not off.isdigit():
             raise ValueError(f"not a job id: {job_id!r} (expected '<queue>:<offset>')")
+        if queue not in self.queues():
+            raise ValueError(f"no job {job_id!r}: the app has no queue {queue!r}")
+        if int(off) >= self._log(queue).stats()["head"]:
+            raise ValueError(f"no job {job_id!r}: queue {queue!r} has {self._log(queue).stats()['head']} jobs")
         return Job(self, queue, int(off))
 
     def queues(self) -> List[str]:
