@@ -243,6 +243,18 @@ def _pool_process(path, out, ready):
     sys.exit(j.Pool(app, processes=2, prefetch=8).run())
 
 
+def _pool_under_load(app, out, done):
+    """A pool in its own process (_pool_process), once it has run `done` jobs."""
+    ready = CTX.Event()
+    p = CTX.Process(target=_pool_process, args=(app.path, out, ready))
+    p.start()
+    ready.wait(10)
+    deadline = time.monotonic() + 20
+    while len(_lines(out)) < done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return p
+
+
 def test_sigterm_drains_under_load(app, tmp_path):
     out = str(tmp_path / "done")
 
@@ -252,13 +264,7 @@ def test_sigterm_drains_under_load(app, tmp_path):
 
     n = 3000
     jobs_ = [work.delay(i) for i in range(n)]
-    ready = CTX.Event()
-    p = CTX.Process(target=_pool_process, args=(app.path, out, ready))
-    p.start()
-    ready.wait(10)
-    deadline = time.monotonic() + 20
-    while len(_lines(out)) < 300 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    p = _pool_under_load(app, out, 300)
     os.kill(p.pid, signal.SIGTERM)
     p.join(30)
     assert p.exitcode == 0                                 # drained cleanly
@@ -286,13 +292,7 @@ def test_kill_9_of_the_pool_itself(app, tmp_path):
 
     n = 2000
     js = [work.delay(i) for i in range(n)]
-    ready = CTX.Event()
-    p = CTX.Process(target=_pool_process, args=(app.path, out, ready))
-    p.start()
-    ready.wait(10)
-    deadline = time.monotonic() + 20
-    while len(_lines(out)) < 200 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    p = _pool_under_load(app, out, 200)
     log = app._log("default")
     assert sum(m["alive"] and m["role"] == "consumer" for m in log.members()) == 2
     os.kill(p.pid, signal.SIGKILL)

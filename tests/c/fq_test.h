@@ -17,6 +17,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -286,6 +287,24 @@ static FQT_UNUSED int fqt_open_dup(fq_queue *dst, const fq_queue *src)
     if (rc != FQ_OK)
         close(fd);
     return rc;
+}
+
+/* Remove a directory of plain files (a segment store's) and the directory. */
+static FQT_UNUSED void fqt_rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    char p[512];
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }
 
 /* A unique queue name for named-queue tests. */

@@ -6,7 +6,6 @@
  * an append with a dedup key, on a ring and on a segment store, with hot
  * (liveness) and cold recovery.
  */
-#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -17,23 +16,6 @@
 
 static double g_secs = 2.0;
 static char g_dir[256];
-
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static int mkring(fq_queue *q, uint32_t slots, uint32_t window_ms)
 {
@@ -50,7 +32,7 @@ static int mkring(fq_queue *q, uint32_t slots, uint32_t window_ms)
 static int mkstore(fq_queue *q, uint32_t slots, uint32_t window_ms)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/fqdedup-%d-%lld", (int)getpid(), (long long)(fq_now_ns() % 1000003));
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
     fq_params p = fqt_params(1 << 16);
     p.flags = FQ_P_NO_QUEUE_GROUP;
     p.dedup_slots = slots;
@@ -373,7 +355,7 @@ static void test_fork_crash_store(void)
             FQT_ST(dappend(&q, "before", 5, &s, 0), FQ_DUPLICATE); /* survived the recovery */
             FQT_EQ(s, 0);
             fq_close(&q);
-            rm_rf(g_dir);
+            fqt_rm_rf(g_dir);
         }
     }
 }
@@ -392,7 +374,7 @@ static void test_store_reopen(void)
     FQT_ST(dappend(&q, "persist", 2, &b, 0), FQ_DUPLICATE);
     FQT_EQ(b, a);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 int main(int argc, char **argv)

@@ -18,27 +18,10 @@
 
 static char g_dir[256];
 
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void fresh_dir(const char *tag)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/fqstore-%s-%d-%lld", tag, (int)getpid(), (long long)(fq_now_ns() % 1000003));
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 static int mk(fq_queue *q, uint32_t ndesc, uint32_t fsync_mode)
@@ -143,7 +126,7 @@ static void test_roll_and_replay(void)
     FQT_EQ(rep.truncated_bytes, 0);
     FQT_EQ(read_all(&q, 0, 610), 610);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 static void test_group_behind_ring(void)
@@ -175,7 +158,7 @@ static void test_group_behind_ring(void)
     FQT_EQ(want, 500);
     FQT_EQ(fq_qsize(&q, g), 0);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 /* A child claims and dies at a crash point; recovery turns its claim into a
@@ -252,7 +235,7 @@ static void test_dead_producer_gap(void)
         FQT_ST(fq_verify(&q, &recs, &bad), FQ_OK);
         FQT_EQ(recs, died ? 330 : 333);
         fq_close(&q);
-        rm_rf(g_dir);
+        fqt_rm_rf(g_dir);
     }
 }
 
@@ -329,7 +312,7 @@ static void test_torn_tail_and_corruption(void)
     FQT_ST(fq_verify(&q, &recs, &bad), FQ_OK);
     FQT_EQ(recs, 400 - rep.skipped);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 static void test_retention(void)
@@ -383,7 +366,7 @@ static void test_retention(void)
     fq_get_stats(&q, g, &st);
     FQT_CHECK(st.low >= first && st.low <= first + n); /* the checkpoint's low (<= what was acked) */
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 /* ---- concurrent producers + a group consumer ---- */
@@ -496,7 +479,7 @@ static void test_concurrent_producers(void)
     FQT_ST(fq_verify(&q, &recs, &bad), FQ_OK);
     FQT_EQ(recs, (uint64_t)NPROD * PER);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 /* The same with every producer a clone of the consumer's handle: one mapping
@@ -565,7 +548,7 @@ static void test_concurrent_clones(void)
                 (unsigned long long)st.dead, (unsigned long long)st.aborted, (unsigned long long)st.recovered);
     }
     fq_close(&g_base);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 /* A refresher stopped between publishing the frontier's position and its
@@ -594,7 +577,7 @@ static void test_frontier_pos_ahead_of_seq(void)
     FQT_EQ(rep.tail_seq, 115);
     FQT_EQ(read_all(&q, 0, 115), 115);
     fq_close(&q);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
 }
 
 static void test_bad_files(void)
@@ -627,7 +610,7 @@ static void test_bad_files(void)
     /* bad segment size */
     fresh_dir("bad2");
     FQT_ST(fq_create_dir(&q, g_dir, &(fq_params){.capacity = 1u << 31}, 0), FQ_ERR_INVAL);
-    rm_rf(g_dir);
+    fqt_rm_rf(g_dir);
     fresh_dir("bad");
 }
 
