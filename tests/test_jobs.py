@@ -243,8 +243,14 @@ def _pool_process(path, out, ready):
     sys.exit(j.Pool(app, processes=2, prefetch=8).run())
 
 
-def _pool_under_load(app, out, done):
-    """A pool in its own process (_pool_process), once it has run `done` jobs."""
+def _pool_under_load(app, out, n, done):
+    """n "work" jobs, and a pool in its own process (_pool_process) that has
+    run `done` of them; returns (the pool's process, the jobs)."""
+    @app.task(name="work")
+    def work(i):
+        _note(out, i)
+
+    js = [work.delay(i) for i in range(n)]
     ready = CTX.Event()
     p = CTX.Process(target=_pool_process, args=(app.path, out, ready))
     p.start()
@@ -252,19 +258,13 @@ def _pool_under_load(app, out, done):
     deadline = time.monotonic() + 20
     while len(_lines(out)) < done and time.monotonic() < deadline:
         time.sleep(0.01)
-    return p
+    return p, js
 
 
 def test_sigterm_drains_under_load(app, tmp_path):
     out = str(tmp_path / "done")
-
-    @app.task(name="work")
-    def work(i):
-        _note(out, i)
-
     n = 3000
-    jobs_ = [work.delay(i) for i in range(n)]
-    p = _pool_under_load(app, out, 300)
+    p, jobs_ = _pool_under_load(app, out, n, 300)
     os.kill(p.pid, signal.SIGTERM)
     p.join(30)
     assert p.exitcode == 0                                 # drained cleanly
@@ -285,14 +285,8 @@ def test_kill_9_of_the_pool_itself(app, tmp_path):
     """The supervisor dies: its workers drain and exit (parent-death signal),
     their leases return, and a new pool finishes everything."""
     out = str(tmp_path / "done")
-
-    @app.task(name="work")
-    def work(i):
-        _note(out, i)
-
     n = 2000
-    js = [work.delay(i) for i in range(n)]
-    p = _pool_under_load(app, out, 200)
+    p, js = _pool_under_load(app, out, n, 200)
     log = app._log("default")
     assert sum(m["alive"] and m["role"] == "consumer" for m in log.members()) == 2
     os.kill(p.pid, signal.SIGKILL)
