@@ -113,3 +113,16 @@ def test_job_metrics(appdir):
     assert got[("fastq_jobs_dead_total", lab)] == 1
     assert got[("fastq_jobs_results", lab + (("status", "succeeded"),))] == 4
     assert all(m in metrics.METRICS for m, _ in got)
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    registry = CollectorRegistry()
+    col = metrics.FastqCollector([str(cwd / "data")])
+    registry.register(col)
+    try:
+        fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    finally:
+        col.close()
+    for mname, (kind, _doc, where) in metrics.METRICS.items():   # every jobs metric, with its type
+        if where == "j":
+            assert fams[mname[:-len("_total")] if kind == "counter" else mname].type == kind

@@ -143,6 +143,16 @@ class _Results:
                 db.execute("ROLLBACK")
                 raise
 
+    def note(self, queue: str, job: int, error: str) -> None:
+        """A "retrying" row with ``error`` unless the job already has a final
+        one (the supervisor's timeout note races with the worker's result)."""
+        now = time.time()
+        with self._lock:
+            self._conn().execute(
+                "INSERT INTO results VALUES (?, ?, '?', 'retrying', NULL, ?, 0, ?, ?) ON CONFLICT (queue, job) "
+                "DO UPDATE SET error = excluded.error, finished = excluded.finished, expires = excluded.expires "
+                "WHERE status NOT IN ('succeeded', 'dead')", (queue, job, error, now, now + self.ttl))
+
     def get(self, queue: str, job: int) -> Optional[_Row]:
         if self.readonly and not os.path.exists(self.path):
             return None
@@ -800,8 +810,9 @@ class Pool:
                 continue
             if off >= 0 and dl and now_ns > dl:
                 task_timeout = (dl - now_ns) / -1e9
-                self.app._results.put_many([(self.queue, off, "?", "retrying", None,
-                                             "timed out (its worker was killed)", 0)])
+                self.app._results.note(self.queue, off, "timed out (its worker was killed)")
+                if self.slots.running(slot) != (off, dl):
+                    continue  # it finished meanwhile: nothing to kill
                 self._kill(slot, p)
                 self.killed += 1
                 log.warning("job %s:%d timed out (%.1f s over); worker %d (pid %s) killed and replaced",
