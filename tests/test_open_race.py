@@ -29,7 +29,7 @@ def _opener(target, durable, barrier, out):
 
 @pytest.mark.parametrize("durable", [False, True])
 def test_racing_creators(tmp_path, durable):
-    for r in range(15):
+    for r in range(40):
         target = str(tmp_path / f"log{r}") if durable else "t-" + uuid.uuid4().hex
         barrier, out = CTX.Barrier(3), CTX.Queue()
         ps = [CTX.Process(target=_opener, args=(target, durable, barrier, out)) for _ in range(3)]

@@ -454,6 +454,8 @@ publish:
     sup->s_layout_minor = s.s_layout_minor;
     memcpy((char *)sup + FQ_SUPER_EXT_OFF, &x, sizeof x);
     FQ_CRASHPOINT("create.before_ready");
+    if (durable)
+        return FQ_OK; /* fq_create_dir publishes READY once the store is complete (its open lock held) */
     atomic_store_explicit(&sup->s_state, FQ_S_READY, FQ_RELEASE);
     return FQ_OK;
 }

@@ -1299,6 +1299,11 @@ int fq_create_dir(fq_queue *q, const char *dir, const fq_params *p, uint32_t fsy
         fq_close(q);
         return rc;
     }
+    /* Published last, with our shared open lock held: an opener racing with
+     * the creation waits for READY (fq__attach) and never sees a store
+     * without its first segment and checkpoint, nor takes the open lock
+     * exclusively for a "cold recovery" of a half-made store. */
+    atomic_store_explicit(&q->sup->s_state, FQ_S_READY, FQ_RELEASE);
     return FQ_OK;
 }
 
