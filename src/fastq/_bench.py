@@ -1102,6 +1102,8 @@ def _parse(argv):
                         "or during it (the last attempt is kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--list", action="store_true", help="list scenarios and implementations")
+    p.add_argument("--install-peers", action="store_true",
+                   help="jobs scenario: install Celery, Dramatiq, RQ (pip) and redis-server (apt-get, root) first")
     return p.parse_args(argv)
 
 
@@ -1805,6 +1807,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import _bench_jobs
         jimpls = [w_ for w_ in wanted if w_ in _bench_jobs.IMPLS] or None
         if not wanted or jimpls or "fastq" in wanted:
+            if args.install_peers:
+                _bench_jobs.install_peers()
             jobs = _bench_jobs.run(jimpls, quick=args.quick, progress=lambda s: prog.show(done, s))
             failures += [f"jobs / {r['impl']}: {r.get('error')}" for r in jobs if r.get("status") == "failed"]
     prog.show(done, "done")

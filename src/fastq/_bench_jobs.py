@@ -16,8 +16,11 @@ counts the run in a per-process memory-mapped counter, which the harness
 sums; a cell fails if the count is not exactly N (a lost or doubled job).
 Each tool runs in its own spawned process (fresh imports, its own broker).
 
-    python -m fastq bench --scenarios jobs [--quick] [--impls fastq,celery,...]
-    python -m fastq._bench_jobs [--quick] [--impls ...] [--json PATH]
+    python -m fastq bench --scenarios jobs [--quick] [--impls fastq,celery,...] [--install-peers]
+    python -m fastq._bench_jobs [--quick] [--impls ...] [--json PATH] [--install-peers]
+
+``--install-peers`` first installs what is missing: celery, dramatiq, rq and
+redis-py with pip, and Debian's redis-server with apt-get (as root).
 """
 from __future__ import annotations
 
@@ -54,6 +57,25 @@ def available(name: str) -> Optional[str]:
         except Exception as e:  # noqa: BLE001
             return f"{mod} is not importable ({e.__class__.__name__}; pip install {mod})"
     return None
+
+
+def install_peers(log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> None:
+    """pip install the missing Python peers; apt-get install redis-server if it is missing (root only)."""
+    import importlib.util
+    missing = [m for m in ("celery", "dramatiq", "rq", "redis") if importlib.util.find_spec(m) is None]
+    if missing:
+        log(f"installing {', '.join(missing)} with pip")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=False)
+    if shutil.which("redis-server") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            log("redis-server is missing and cannot be installed here (needs root and apt-get): "
+                "the Redis-backed tools will be skipped")
+            return
+        log("installing redis-server with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env, check=False,
+                       stdout=subprocess.DEVNULL)
 
 
 def _version(name: str) -> str:
@@ -242,7 +264,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="a tenth of the jobs per cell")
     p.add_argument("--impls", default="", help=f"comma-separated: {', '.join(IMPLS)}")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--install-peers", action="store_true", help="install Celery, Dramatiq, RQ and redis-server first")
     a = p.parse_args(argv)
+    if a.install_peers:
+        install_peers()
     impls = [s.strip() for s in a.impls.split(",") if s.strip()] or None
     for i in impls or ():
         if i not in IMPLS:
