@@ -186,6 +186,7 @@ def _killed_worker(name, durable, point, ready):
     ("prod.before_commit", False),    # written, not committed: becomes a gap
     ("prod.after_commit", True),      # committed, the key still "in flight"
     ("dedup.after_commit", True),
+    ("dedup.mid_finish", True),       # expiry written, not SET yet: redone from the kept window
 ])
 def test_producer_killed_mid_append(make_log, point, appended):
     log = make_log(dedup_window=600)

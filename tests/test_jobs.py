@@ -56,6 +56,25 @@ def test_success_status_and_wait(app):
     assert app.stats()["results"] == {"succeeded": 1}
 
 
+def test_expired_result(tmp_path):
+    app = App(tmp_path / "app", result_ttl=0.2)
+    try:
+        @app.task
+        def f():
+            return 1
+
+        job = f.delay()
+        app.run_pending()
+        assert job.wait(1) == 1
+        time.sleep(0.3)
+        assert job.status() == "expired"
+        with pytest.raises(LookupError, match="result_ttl"):
+            job.wait(timeout=5)
+        assert app._results.purge() == 1
+    finally:
+        app.close()
+
+
 def test_results_from_another_process(app):
     @app.task
     def square(x):

@@ -303,6 +303,9 @@ class Job:
                 return pickle.loads(row.value) if row.value is not None else None
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status()} after {timeout} s")
+            if pause >= 0.02 and self.info()["status"] == "expired":
+                raise LookupError(f"job {self.id} finished longer ago than the app's result_ttl: "
+                                  "its result is no longer kept")
             time.sleep(pause if deadline is None else max(min(pause, deadline - time.monotonic()), 0))
             pause = min(pause * 2, 0.02)
 

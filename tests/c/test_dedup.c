@@ -280,6 +280,7 @@ static const struct {
     {"prod.before_commit", 0}, /* bound, written, not committed */
     {"prod.after_commit", 1},  /* committed, entry CLAIMING */
     {"dedup.after_commit", 1},
+    {"dedup.mid_finish", 1},   /* expiry written, CAS to SET not done */
 };
 
 /* The record at seq carries tag 1000 (the child's) or not. */
@@ -360,6 +361,56 @@ static void test_fork_crash_store(void)
     }
 }
 
+/* A finisher killed between writing the expiry and the CAS to SET: the
+ * recoverer redoes the finish from the kept window, so the key expires on
+ * time (found by review: the window was kept in e_expiry, which the first
+ * try had overwritten with an absolute time: "expires in 57 years"). */
+static void test_fork_killed_mid_finish_expires(void)
+{
+    fq_queue q;
+    FQT_REQUIRE_ST(mkring(&q, 1000, 100), FQ_OK);
+    FQT_REQUIRE(run_child(&q, "dedup.mid_finish", "k", 0) == 1);
+    uint64_t a, b;
+    FQT_ST(dappend(&q, "k", 2, &a, 0), FQ_DUPLICATE);
+    fq_dedup_stats st;
+    fq_dedup_get_stats(&q, &st);
+    FQT_EQ(st.set, 1);
+    struct timespec ts = {0, 250000000};
+    nanosleep(&ts, NULL);
+    FQT_ST(dappend(&q, "k", 3, &b, 0), FQ_OK); /* expired after its 100 ms */
+    FQT_CHECK(b > a);
+    fq_close(&q);
+}
+
+/* A damaged file: a CLAIMING entry whose owner slot is FREE (or out of
+ * range) and a bucket lock "held" by a FREE member: neither wedges the key
+ * or the bucket. */
+static void test_stale_owner_and_lock(void)
+{
+    fq_queue q;
+    FQT_REQUIRE_ST(mkring(&q, 63, 60000), FQ_OK);
+    uint64_t s;
+    FQT_ST(dappend(&q, "k", 1, &s, 0), FQ_OK);
+    struct fq_dedup_bucket_shm *B = &q.dedup[0];
+    struct fq_dedup_entry_shm *e = NULL;
+    for (uint32_t i = 0; i < FQ_DEDUP_WAYS; i++)
+        if ((atomic_load(&B->b_e[i].e_state) & 3) == FQ_X_SET)
+            e = &B->b_e[i];
+    FQT_REQUIRE(e != NULL);
+    atomic_store(&e->e_state, 1u | (200u << 8));            /* CLAIMING(member 200): a FREE slot */
+    atomic_store(&B->b_lock, 201u);                         /* "held" by member 200 */
+    int64_t t0 = fq_now_ns();
+    uint64_t s2;
+    FQT_ST(dappend(&q, "k", 2, &s2, 0), FQ_DUPLICATE);      /* committed record: resolved as SET */
+    FQT_EQ(s2, s);
+    FQT_CHECK(fq_now_ns() - t0 < 2000000000LL);
+    atomic_store(&e->e_state, 1u | (9000u << 8));           /* an owner id out of range */
+    atomic_store(&e->e_seq, FQ_DEDUP_NOSEQ);                /* ... with nothing bound: FREE */
+    FQT_ST(dappend(&q, "k", 3, &s2, 0), FQ_OK);
+    FQT_CHECK(s2 > s);
+    fq_close(&q);
+}
+
 /* The table of a store survives a clean close and reopen. */
 static void test_store_reopen(void)
 {
@@ -386,10 +437,12 @@ int main(int argc, char **argv)
     FQT_RUN(test_refusals);
     FQT_RUN(test_mt_race);
     FQT_RUN(test_store_reopen);
+    FQT_RUN(test_stale_owner_and_lock);
     if (getenv("FQT_NO_FORK")) {
         fqt_skip("test_fork_*", "FQT_NO_FORK is set");
     } else {
         FQT_RUN(test_fork_crash_ring);
+        FQT_RUN(test_fork_killed_mid_finish_expires);
         FQT_RUN(test_fork_crash_store);
     }
     return fqt_summary();

@@ -14,7 +14,7 @@
  *   X2  bind: after fq_claim, e_seq = the claimed seq (release), before the
  *       payload is written: a recoverer that finds the owner dead learns
  *       which record to look at.
- *   X3  end: after fq_commit, e_expiry = now + window, e_set_ns, then
+ *   X3  end: after fq_commit, e_expiry = now + e_window, e_set_ns, then
  *       CLAIMING(me) -> SET (release; takers of the entry read e_seq and
  *       e_expiry after an acquire load of the state).  Nothing claimed:
  *       CLAIMING(me) -> FREE.  Then the journal is cleared.
@@ -117,15 +117,22 @@ static int fq__dedup_lock(fq_queue *q, uint32_t b, int *dead)
     struct fq_dedup_bucket_shm *B = &q->dedup[b];
     struct fq_member_shm *m = &q->members[q->member];
     uint32_t me = (uint32_t)q->member + 1;
-    atomic_store_explicit(&m->m_dedup_lock, b + 1, FQ_RELEASE); /* X-c: named before it may be held */
+    /* X-c: named before it may be held (seq_cst with the seq_cst CAS below:
+     * the journal is never ordered after the acquisition) */
+    atomic_store_explicit(&m->m_dedup_lock, b + 1, FQ_SEQCST);
     for (uint32_t i = 0; i < 20000; i++) {
         uint32_t cur = 0;
         /* acquire: pairs with the previous holder's release in fq__dedup_unlock */
-        if (atomic_compare_exchange_weak_explicit(&B->b_lock, &cur, me, FQ_ACQUIRE, FQ_RELAXED))
+        if (atomic_compare_exchange_weak_explicit(&B->b_lock, &cur, me, FQ_SEQCST, FQ_RELAXED))
             return 1;
-        if (cur - 1 >= q->max_members && cur &&
-            atomic_compare_exchange_strong_explicit(&B->b_lock, &cur, me, FQ_ACQUIRE, FQ_RELAXED))
-            return 1; /* a value no member can have written (a damaged file): never wait on it */
+        /* Never wait on a holder that cannot exist: an id out of range (a
+         * damaged file), or a member slot that is FREE (recovery releases a
+         * dead holder's lock before its slot is FREE, and a new process in
+         * that slot cannot hold the lock: it would have to CAS it from 0). */
+        if (cur && (cur - 1 >= q->max_members ||
+                    atomic_load_explicit(&q->members[cur - 1].m_state, FQ_ACQUIRE) == FQ_M_FREE) &&
+            atomic_compare_exchange_strong_explicit(&B->b_lock, &cur, me, FQ_SEQCST, FQ_RELAXED))
+            return 1;
         if (cur && (i & 1023) == 1023 && (cur - 1 >= q->max_members || !fq_member_alive(q, cur - 1))) {
             *dead = 1;
             break;
@@ -144,6 +151,9 @@ static void fq__dedup_unlock(fq_queue *q, uint32_t b)
     atomic_store_explicit(&q->dedup[b].b_lock, 0, FQ_RELEASE); /* publishes our identity writes (X-a) */
     atomic_store_explicit(&q->members[q->member].m_dedup_lock, 0, FQ_RELEASE);
 }
+
+static void fq__dedup_finish(fq_queue *q, struct fq_dedup_entry_shm *e, uint32_t expect, int committed);
+static int fq__dedup_committed(fq_queue *q, uint64_t s);
 
 int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_ns, uint64_t *orig_seq,
                    uint32_t *slot)
@@ -168,6 +178,7 @@ int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_n
     }
     int64_t now = fq_realtime_ns();
     int cand = -1, rc = FQ_OK;
+    uint32_t rescans = 0;
     for (uint32_t i = 0; i < FQ_DEDUP_WAYS; i++) {
         struct fq_dedup_entry_shm *e = &B->b_e[i];
         uint32_t w = atomic_load_explicit(&e->e_state, FQ_ACQUIRE); /* then e_seq/e_expiry of a SET (X3) */
@@ -185,12 +196,26 @@ int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_n
             *orig_seq = atomic_load_explicit(&e->e_seq, FQ_RELAXED);
             atomic_fetch_add_explicit(&B->b_hits, 1, FQ_RELAXED);
             rc = FQ_DUPLICATE;
-        } else {
-            uint32_t owner = fq__xw_owner(w);
-            if (owner >= q->max_members || !fq_member_alive(q, owner))
-                dead = 1;
-            rc = FQ_STALLED; /* in flight: its owner ends it (X3) or its recovery does (R1b) */
+            break;
         }
+        uint32_t owner = fq__xw_owner(w);
+        if (owner >= q->max_members || atomic_load_explicit(&q->members[owner].m_state, FQ_ACQUIRE) == FQ_M_FREE) {
+            /* An owner that cannot exist (a damaged file) or whose slot is
+             * FREE: by X-b/X-c its entry would have been resolved before
+             * the slot became FREE, so this one is stale; nobody else can
+             * claim it while we hold the bucket lock.  Resolve it as R1b
+             * would and look at the bucket again. */
+            uint64_t s = atomic_load_explicit(&e->e_seq, FQ_ACQUIRE);
+            fq__dedup_finish(q, e, w, s != FQ_DEDUP_NOSEQ && fq__dedup_committed(q, s));
+            if (++rescans <= FQ_DEDUP_WAYS) {
+                i = (uint32_t)-1; /* look at the whole bucket again */
+                cand = -1;
+            }
+            continue;
+        }
+        if (!fq_member_alive(q, owner))
+            dead = 1;
+        rc = FQ_STALLED; /* in flight: its owner ends it (X3) or its recovery does (R1b) */
         break;
     }
     if (rc == FQ_OK && cand < 0) {
@@ -204,7 +229,8 @@ int fq_dedup_begin(fq_queue *q, const void *key, uint32_t klen, int64_t window_n
         atomic_store_explicit(&e->e_h2, h2, FQ_RELAXED);
         atomic_store_explicit(&e->e_klen, klen, FQ_RELAXED);
         atomic_store_explicit(&e->e_seq, FQ_DEDUP_NOSEQ, FQ_RELAXED);
-        atomic_store_explicit(&e->e_expiry, window_ns, FQ_RELAXED); /* the window, until SET */
+        atomic_store_explicit(&e->e_expiry, 0, FQ_RELAXED);
+        atomic_store_explicit(&e->e_window, window_ns, FQ_RELAXED); /* applied at SET (X3/R1b), kept */
         atomic_store_explicit(&e->e_set_ns, 0, FQ_RELAXED);
         *slot = b * FQ_DEDUP_WAYS + (uint32_t)cand;
         atomic_store_explicit(&q->members[me].m_dedup_entry, *slot + 1, FQ_RELEASE); /* X-c before the state */
@@ -225,15 +251,22 @@ void fq_dedup_bind(fq_queue *q, uint32_t slot, uint64_t seq)
     atomic_store_explicit(&fq__dedup_entry(q, slot)->e_seq, seq, FQ_RELEASE);
 }
 
-/* CLAIMING(owner) -> SET (committed) or FREE, by its owner or its recoverer. */
-static void fq__dedup_finish(fq_queue *q, struct fq_dedup_entry_shm *e, uint32_t owner, int committed)
+/* CLAIMING (the state word `expect`) -> SET (committed) or FREE, by its
+ * owner, its recoverer, or a producer that found it stale. */
+static void fq__dedup_finish(fq_queue *q, struct fq_dedup_entry_shm *e, uint32_t expect, int committed)
 {
-    uint32_t w = fq__xw(FQ_X_CLAIMING, owner);
+    uint32_t w = expect;
     if (committed) {
+        /* Idempotent: a finisher killed between these stores and the CAS is
+         * redone from the same e_window (found by review: the window used to
+         * be kept in e_expiry, which the first try had overwritten). */
         int64_t now = fq_realtime_ns();
-        int64_t win = atomic_load_explicit(&e->e_expiry, FQ_RELAXED);
-        atomic_store_explicit(&e->e_expiry, now + (win > 0 ? win : 1), FQ_RELAXED);
+        int64_t win = atomic_load_explicit(&e->e_window, FQ_RELAXED);
+        if (win <= 0)
+            win = 1;
+        atomic_store_explicit(&e->e_expiry, win > INT64_MAX - now ? INT64_MAX : now + win, FQ_RELAXED);
         atomic_store_explicit(&e->e_set_ns, now, FQ_RELAXED);
+        FQ_CRASHPOINT("dedup.mid_finish"); /* expiry written, still CLAIMING: the next finisher redoes it */
         atomic_compare_exchange_strong_explicit(&e->e_state, &w, fq__xw(FQ_X_SET, 0), FQ_RELEASE, FQ_RELAXED);
     } else {
         atomic_compare_exchange_strong_explicit(&e->e_state, &w, fq__xw(FQ_X_FREE, 0), FQ_RELEASE, FQ_RELAXED);
@@ -246,7 +279,7 @@ void fq_dedup_end(fq_queue *q, uint32_t slot, int committed)
         return;
     if (committed)
         FQ_CRASHPOINT("dedup.after_commit"); /* committed, entry still CLAIMING: R1b must make it SET */
-    fq__dedup_finish(q, fq__dedup_entry(q, slot), (uint32_t)q->member, committed);
+    fq__dedup_finish(q, fq__dedup_entry(q, slot), fq__xw(FQ_X_CLAIMING, (uint32_t)q->member), committed);
     atomic_store_explicit(&q->members[q->member].m_dedup_entry, 0, FQ_RELEASE);
 }
 
@@ -270,7 +303,7 @@ void fq__dedup_recover_member(fq_queue *q, uint32_t id)
         struct fq_dedup_entry_shm *e = fq__dedup_entry(q, ej - 1);
         if (atomic_load_explicit(&e->e_state, FQ_ACQUIRE) == fq__xw(FQ_X_CLAIMING, id)) {
             uint64_t s = atomic_load_explicit(&e->e_seq, FQ_ACQUIRE);
-            fq__dedup_finish(q, e, id, s != FQ_DEDUP_NOSEQ && fq__dedup_committed(q, s));
+            fq__dedup_finish(q, e, fq__xw(FQ_X_CLAIMING, id), s != FQ_DEDUP_NOSEQ && fq__dedup_committed(q, s));
         }
     }
     atomic_store_explicit(&m->m_dedup_entry, 0, FQ_RELEASE);
@@ -294,7 +327,7 @@ void fq__dedup_cold(fq_queue *q, uint64_t tail_seq)
             int below = s != FQ_DEDUP_NOSEQ && (int64_t)(s - tail_seq) < 0;
             if (fq__xw_st(w) == FQ_X_CLAIMING) {
                 uint64_t pos;
-                fq__dedup_finish(q, e, fq__xw_owner(w), below && q->durable && fq__store_find(q, s, &pos) == 1);
+                fq__dedup_finish(q, e, w, below && q->durable && fq__store_find(q, s, &pos) == 1);
             } else if (fq__xw_st(w) == FQ_X_SET && !below) {
                 atomic_store_explicit(&e->e_state, fq__xw(FQ_X_FREE, 0), FQ_RELAXED); /* its record was cut */
             } else if (fq__xw_st(w) != FQ_X_SET) {

@@ -427,10 +427,11 @@ FQ_STATIC_ASSERT(sizeof(struct fq_lease_shm) == 16, "lease size");
  *     4  e_klen   (atom u32)   key length (diagnostic)
  *     8  e_h1, 16 e_h2 (atom u64)  the key's 128-bit keyed hash (identity)
  *     24 e_seq    (atom u64)   the original record's offset; FQ_DEDUP_NOSEQ until bound
- *     32 e_expiry (atom i64)   SET: CLOCK_REALTIME ns after which the key may be appended again;
- *                              CLAIMING: the window (ns) to apply when it becomes SET
+ *     32 e_expiry (atom i64)   SET: CLOCK_REALTIME ns after which the key may be appended again
  *     40 e_set_ns (atom i64)   CLOCK_REALTIME when it became SET (monitoring)
- *     48 .. 64 reserved
+ *     48 e_window (atom i64)   the window (ns) asked for at X1; never overwritten, so
+ *                              finishing is idempotent (a resolver killed mid-finish is redone)
+ *     56 .. 64 reserved
  *
  * Invariants (fq_dedup.c keeps them):
  *   X-a  an entry's identity (h1, h2, klen) changes only under its bucket
@@ -454,7 +455,8 @@ struct fq_dedup_entry_shm {
     _Atomic uint64_t e_seq;
     _Atomic int64_t e_expiry;
     _Atomic int64_t e_set_ns;
-    uint8_t e_reserved[16];
+    _Atomic int64_t e_window;
+    uint8_t e_reserved[8];
 };
 struct fq_dedup_bucket_shm {
     _Atomic uint32_t b_lock;

@@ -480,6 +480,20 @@ int fq_maintain(fq_queue *q, int force)
         if (st == FQ_M_ALIVE &&
             !atomic_compare_exchange_strong_explicit(&m->m_state, &st, FQ_M_RECOVERING, FQ_ACQREL, FQ_ACQUIRE))
             continue;
+        /* ABA: between our load of ALIVE and the probe, the member may have
+         * left (FREE, unlocked: the probe saw "dead") and a new process
+         * joined the slot (locked first, then FREE -> ALIVE): our CAS then
+         * hit a live member.  A joiner holds the byte before it is ALIVE,
+         * so a second probe after the CAS catches it (found by review: the
+         * live member's dedup key was resolved under it).  Once the state
+         * is RECOVERING no joiner can take the slot (it needs FREE). */
+        if (fq__probe_lock(q, i) != 0) {
+            uint32_t rec = FQ_M_RECOVERING;
+            atomic_compare_exchange_strong_explicit(&m->m_state, &rec, FQ_M_ALIVE, FQ_ACQREL, FQ_ACQUIRE);
+            continue;
+        }
+        if (atomic_load_explicit(&m->m_state, FQ_ACQUIRE) != FQ_M_RECOVERING)
+            continue; /* it left meanwhile (fq_leave stores FREE): nothing of it to recover */
         /* R1b: before R2/R3 may abort its claims, its dedup entry is resolved
          * from the state of its record (fq_dedup.c) */
         fq__dedup_recover_member(q, i);
