@@ -1713,9 +1713,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
+    from ._bench_jobs import IMPLS as job_tools
     for w_ in wanted:
         is_durable = durable_select is not None and bool(durable_select([w_]))
-        from ._bench_jobs import IMPLS as job_tools
         if w_ not in ADAPTERS and w_ != "redis" and not is_durable and w_ not in job_tools:
             print(f"error: unknown implementation {w_!r}; known: {', '.join(ADAPTERS)}, redis",
                   file=sys.stderr)

@@ -663,10 +663,9 @@ cdef class Ring:
         cdef bytes dk = _as_bytes(dedup_key, "dedup_key")
         cdef bytes k = b"" if key is None else _as_bytes(key, "key")
         cdef bytes d = _as_bytes(data, "data")
-        cdef Py_ssize_t kl = PyBytes_GET_SIZE(k), dl = PyBytes_GET_SIZE(d), dkl = PyBytes_GET_SIZE(dk)
+        cdef Py_ssize_t dkl = PyBytes_GET_SIZE(dk)
         cdef uint64_t seq = 0, orig = 0
         cdef uint32_t slot = 0, len32
-        cdef uint8_t *dst
         cdef int rc
         cdef int64_t deadline, win = <int64_t>(window * 1e9) if window > 0 else 0
         cdef int64_t pause = 20_000
@@ -676,11 +675,7 @@ cdef class Ring:
             self._ensure()
         if dkl > 65536:
             raise ValueError(f"dedup_key of {dkl} bytes is longer than 65536 bytes")
-        if kl > 4096:
-            raise ValueError(f"key of {kl} bytes is longer than 4096 bytes")
-        if kl + dl > N.fq_max_payload(&self.q):
-            self._too_big(kl + dl)
-        len32 = <uint32_t>(kl + dl)
+        len32 = self._keyed_len(k, d)
         deadline = _deadline(timeout) if block else 0
         while True:
             # X1..X3 of fq_dedup.c, begin -> claim -> bind -> copy -> commit ->
@@ -709,12 +704,7 @@ cdef class Ring:
             rc = N.fq_claim(&self.q, &len32, 1, &seq)
             if rc == N.FQ_OK:
                 N.fq_dedup_bind(&self.q, slot, seq)
-                dst = N.fq_payload(&self.q, seq)
-                memcpy(dst, PyBytes_AS_STRING(k), kl)
-                memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
-                if key is not None:
-                    N.fq_set_prefix(&self.q, seq, <uint32_t>kl, <unsigned>kflags)
-                N.fq_commit(&self.q, seq, 1)
+                self._write_keyed(seq, k, d, key is not None, kflags)
                 N.fq_dedup_end(&self.q, slot, 1)
                 break
             N.fq_dedup_end(&self.q, slot, 0)   # nothing claimed: the key is free again
@@ -738,25 +728,33 @@ cdef class Ring:
         return {"slots": st.slots, "keys": st.set, "in_flight": st.claiming, "expired": st.expired,
                 "duplicates": st.hits, "window": st.window_ms / 1000.0}
 
-    cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq,
-                        int kflags=1) except -1:
-        cdef bytes k = _as_bytes(key, "key")
-        cdef bytes d = _as_bytes(data, "data")
+    cdef uint32_t _keyed_len(self, bytes k, bytes d) except? 0:
+        """Payload length of prefix k + data d, checked before anything is claimed."""
         cdef Py_ssize_t kl = PyBytes_GET_SIZE(k), dl = PyBytes_GET_SIZE(d)
-        cdef uint32_t len32
-        cdef uint8_t *dst
         if kl > 4096:
             raise ValueError(f"key of {kl} bytes is longer than 4096 bytes")
         if kl + dl > N.fq_max_payload(&self.q):
             self._too_big(kl + dl)
-        len32 = <uint32_t>(kl + dl)
-        self._claim(&len32, 1, N.fq_frame_bytes(len32), seq, block, timeout)
-        # claim -> copy -> commit: GIL held, nothing can raise
-        dst = N.fq_payload(&self.q, seq[0])
+        return <uint32_t>(kl + dl)
+
+    cdef void _write_keyed(self, uint64_t seq, bytes k, bytes d, bint prefixed, int kflags) noexcept:
+        """Copy prefix k and data d into claimed record seq and commit it
+        (claim -> copy -> commit: GIL held, nothing can raise)."""
+        cdef Py_ssize_t kl = PyBytes_GET_SIZE(k)
+        cdef uint8_t *dst = N.fq_payload(&self.q, seq)
         memcpy(dst, PyBytes_AS_STRING(k), kl)
-        memcpy(dst + kl, PyBytes_AS_STRING(d), dl)
-        N.fq_set_prefix(&self.q, seq[0], <uint32_t>kl, <unsigned>kflags)
-        N.fq_commit(&self.q, seq[0], 1)
+        memcpy(dst + kl, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+        if prefixed:
+            N.fq_set_prefix(&self.q, seq, <uint32_t>kl, <unsigned>kflags)
+        N.fq_commit(&self.q, seq, 1)
+
+    cdef int _put_keyed(self, object key, object data, object block, object timeout, uint64_t *seq,
+                        int kflags=1) except -1:
+        cdef bytes k = _as_bytes(key, "key")
+        cdef bytes d = _as_bytes(data, "data")
+        cdef uint32_t len32 = self._keyed_len(k, d)
+        self._claim(&len32, 1, N.fq_frame_bytes(len32), seq, block, timeout)
+        self._write_keyed(seq[0], k, d, True, kflags)
         return 0
 
     cdef int _put_one(self, object data, object block, object timeout, uint64_t *seq) except -1:

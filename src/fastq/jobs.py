@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from . import _core
-from .log import Backoff, Consumer, Log, Message, open as _open_log
+from .log import Backoff, Consumer, Log, Message, _dedup_key_bytes, open as _open_log
 
 __all__ = ["App", "Task", "Job", "Backoff", "JobFailed", "Pool", "STATUSES"]
 
@@ -237,13 +237,10 @@ class Task:
             dedup_key = self.dedup(*args, **kwargs)
         q = self.app._log(self.queue)
         headers = {"task": self.name}
-        if dedup_key is not None:
-            if isinstance(dedup_key, str):
-                dedup_key = dedup_key.encode("utf-8")
-            if not isinstance(dedup_key, (bytes, bytearray)):
-                raise TypeError(f"a dedup key must be str or bytes, not {type(dedup_key).__name__}")
+        if dedup_key is not None:  # scoped to the task
             off = q.append(data, headers=headers, delay=delay, not_before=at,
-                           dedup_key=self.name.encode() + b"\0" + bytes(dedup_key), dedup_window=self.dedup_window)
+                           dedup_key=self.name.encode() + b"\0" + _dedup_key_bytes(dedup_key),
+                           dedup_window=self.dedup_window)
         else:
             off = q.append(data, headers=headers, delay=delay, not_before=at)
         return Job(self.app, self.queue, off, self.name)
@@ -415,8 +412,9 @@ class App:
             raise ValueError(f"not a job id: {job_id!r} (expected '<queue>:<offset>')")
         if queue not in self.queues():
             raise ValueError(f"no job {job_id!r}: the app has no queue {queue!r}")
-        if int(off) >= self._log(queue).stats()["head"]:
-            raise ValueError(f"no job {job_id!r}: queue {queue!r} has {self._log(queue).stats()['head']} jobs")
+        head = self._log(queue).stats()["head"]
+        if int(off) >= head:
+            raise ValueError(f"no job {job_id!r}: queue {queue!r} has {head} jobs")
         return Job(self, queue, int(off))
 
     def queues(self) -> List[str]:
@@ -512,35 +510,36 @@ class App:
 class _Slots:
     """Per-worker words shared with the supervisor (a RawArray made before
     the workers are forked): the job a worker runs (offset + 1, 0 = idle),
-    its deadline (CLOCK_MONOTONIC ns, 0 = none), when it last finished a job,
-    how many attempts it ran.  Aligned 8-byte words: each read is whole."""
-    FIELDS = 4
+    its deadline (CLOCK_MONOTONIC ns, 0 = none), and when it last finished a
+    job.  Aligned 8-byte words, one writer each (the worker; the supervisor
+    only at spawn): every read is whole.  The worker writes the deadline
+    before the offset and clears the offset first, so a reader that sees an
+    offset sees that job's deadline or a later one (checked again before a
+    kill, Pool._tick)."""
+    N = 3   # words per worker
 
     def __init__(self, n: int) -> None:
         import multiprocessing as mp
-        self.n = n
-        self.a = mp.RawArray("q", n * self.FIELDS)
+        self.a = mp.RawArray("q", n * self.N)
 
     def set_running(self, i: int, offset: int, deadline_ns: int) -> None:
-        self.a[i * 4 + 1] = deadline_ns
-        self.a[i * 4] = offset + 1
+        self.a[i * self.N + 1] = deadline_ns
+        self.a[i * self.N] = offset + 1
 
     def set_idle(self, i: int) -> None:
-        self.a[i * 4] = 0
-        self.a[i * 4 + 1] = 0
-        self.a[i * 4 + 2] = time.monotonic_ns()
-        self.a[i * 4 + 3] += 1
+        self.a[i * self.N] = 0
+        self.a[i * self.N + 1] = 0
+        self.a[i * self.N + 2] = time.monotonic_ns()
 
     def reset(self, i: int) -> None:
-        for k in range(4):
-            self.a[i * 4 + k] = 0
-        self.a[i * 4 + 2] = time.monotonic_ns()
+        self.a[i * self.N] = self.a[i * self.N + 1] = 0
+        self.a[i * self.N + 2] = time.monotonic_ns()
 
     def running(self, i: int) -> Tuple[int, int]:
-        return self.a[i * 4] - 1, self.a[i * 4 + 1]
+        return self.a[i * self.N] - 1, self.a[i * self.N + 1]
 
     def last_done(self, i: int) -> int:
-        return self.a[i * 4 + 2]
+        return self.a[i * self.N + 2]
 
 
 class _Worker:
@@ -812,14 +811,14 @@ class Pool:
                     self._spawn(slot)
                 continue
             if off >= 0 and dl and now_ns > dl:
-                task_timeout = (dl - now_ns) / -1e9
+                over = (now_ns - dl) / 1e9
                 self.app._results.note(self.queue, off, "timed out (its worker was killed)")
                 if self.slots.running(slot) != (off, dl):
                     continue  # it finished meanwhile: nothing to kill
                 self._kill(slot, p)
                 self.killed += 1
                 log.warning("job %s:%d timed out (%.1f s over); worker %d (pid %s) killed and replaced",
-                            self.queue, off, task_timeout, slot, p.pid)
+                            self.queue, off, over, slot, p.pid)
                 self._spawn(slot)
         for slot, p in list(self.retiring.items()):
             if p.exitcode is not None:

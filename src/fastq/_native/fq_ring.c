@@ -711,6 +711,13 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
                 if (wait > (int64_t)1 << 62)
                     wait = (int64_t)1 << 62;
                 uint64_t due = (uint64_t)(fq_now_ns() + wait);
+                /* Still store-then-CAS (not the two-step claim of C2 below):
+                 * a D1 claim left by a dead taker would be returned by R4 as
+                 * due now and delivered early.  Known residual race: a taker
+                 * preempted here for longer than the record's remaining delay
+                 * stores a past `due` into an entry another taker has since
+                 * leased, and an expiry scan may then redeliver that lease
+                 * early (at-least-once holds; docs/protocol.md C2). */
                 atomic_store_explicit(&L->l_deadline_ns, due, FQ_RELAXED);
                 if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, FQ_OWNER_NONE, FQ_L_RETRY),
                                                             FQ_ACQREL, FQ_RELAXED)) {
