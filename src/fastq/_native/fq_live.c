@@ -163,10 +163,7 @@ static uint32_t fq__return_leases(fq_queue *q, uint32_t id)
             if (!fq__lw_is(w, s) || (fq__lw_st(w) != FQ_L_LEASED && fq__lw_st(w) != FQ_L_RETRY) ||
                 fq__lw_owner(w) != id)
                 continue;
-            /* RETRY(it) = a nack it did not finish (counted in g_retry_pending
-             * by the nack) or, with deliveries 0, a take of a FRESH entry it
-             * did not finish (fq_take's claim step: not counted) */
-            int was_retry = fq__lw_st(w) == FQ_L_RETRY && fq__lw_deliv(w) > 0;
+            int was_retry = fq__lw_st(w) == FQ_L_RETRY;
             atomic_store_explicit(&L->l_deadline_ns, (uint64_t)now, FQ_RELAXED);
             if (!was_retry)
                 atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);

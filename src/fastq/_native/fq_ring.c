@@ -524,25 +524,12 @@ static uint32_t fq__take_due(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max,
             dv = FQ_DELIV_MAX; /* the word's generation: 65,535 deliveries before it could repeat */
         uint64_t nw = fq__lw(s, dv, (unsigned)q->member, FQ_L_LEASED);
         uint64_t dl = vis ? (uint64_t)(now + (int64_t)vis * 1000000) : 0;
-        /* C2 in two steps, as in fq_take: claim (-> RETRY(me), skipped by
-         * every scanner; an expired lease is counted in g_retry_pending
-         * first, as a nack in progress is, so R4 of a dead `me` keeps the
-         * count), then the deadline, then LEASED with release.  A taker
-         * that loses the claim writes nothing (it used to store its
-         * deadline first and could clobber the not-before of a later nack). */
-        if (st == FQ_L_LEASED)
-            atomic_fetch_add_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
-        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w,
-                                                     fq__lw(s, fq__lw_deliv(w), (unsigned)q->member, FQ_L_RETRY),
-                                                     FQ_ACQREL, FQ_RELAXED)) {
-            if (st == FQ_L_LEASED)
-                atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+        atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED); /* before the CAS: see fq_take */
+        if (!atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) /* C2 */
             continue;
-        }
-        atomic_store_explicit(&L->l_deadline_ns, dl, FQ_RELAXED);
-        atomic_store_explicit(&L->l_w, nw, FQ_RELEASE); /* C2: publishes the deadline with LEASED */
-        atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
-        if (st == FQ_L_LEASED)
+        if (st == FQ_L_RETRY)
+            atomic_fetch_sub_explicit(&G->g_retry_pending, 1, FQ_SEQCST);
+        else
             atomic_fetch_add_explicit(&G->g_expired, 1, FQ_RELAXED);
         if (dv > 1) /* dv == 1: a delayed record's first delivery (D2), not a redelivery */
             atomic_fetch_add_explicit(&G->g_redelivered, 1, FQ_RELAXED);
@@ -711,13 +698,6 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
                 if (wait > (int64_t)1 << 62)
                     wait = (int64_t)1 << 62;
                 uint64_t due = (uint64_t)(fq_now_ns() + wait);
-                /* Still store-then-CAS (not the two-step claim of C2 below):
-                 * a D1 claim left by a dead taker would be returned by R4 as
-                 * due now and delivered early.  Known residual race: a taker
-                 * preempted here for longer than the record's remaining delay
-                 * stores a past `due` into an entry another taker has since
-                 * leased, and an expiry scan may then redeliver that lease
-                 * early (at-least-once holds; docs/protocol.md C2). */
                 atomic_store_explicit(&L->l_deadline_ns, due, FQ_RELAXED);
                 if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, FQ_OWNER_NONE, FQ_L_RETRY),
                                                             FQ_ACQREL, FQ_RELAXED)) {
@@ -730,19 +710,20 @@ int fq_take(fq_queue *q, uint32_t g, fq_msg *out, uint32_t max, uint32_t only_le
             }
         }
         uint64_t nw = fq__lw(s, 1, me, FQ_L_LEASED);
-        /* C2 in two steps.  Claim: FRESH -> RETRY(me, 0), a state every
-         * scanner skips (fq__take_due: "a nack in progress"; R4 of a dead
-         * `me` returns it, counting it: deliveries 0).  Then the deadline,
-         * then LEASED with release: an expiry scan that sees LEASED never
-         * reads a previous lap's deadline.  Only the winner writes the
-         * deadline: a taker that stored it before a CAS it then lost could
-         * clobber the not-before of a lease another taker had meanwhile
-         * taken and nacked (the record then waited a visibility timeout;
-         * found by test_mt_groups under TSan). */
-        if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, fq__lw(s, 0, me, FQ_L_RETRY), FQ_ACQREL,
-                                                    FQ_RELAXED)) {
-            atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
-            atomic_store_explicit(&L->l_w, nw, FQ_RELEASE); /* C2 */
+        /* The deadline goes in BEFORE the lease CAS (whose release publishes
+         * it): an expiry scan that sees LEASED must never read a previous
+         * lap's deadline.  Storing into an entry we may not win is harmless
+         * when it is still FRESH (nobody scans it) or the winner stores its
+         * own.  KNOWN BUG (docs/protocol.md C2): a taker preempted between
+         * its load of the FRESH word and this store, while another taker
+         * leases and nacks the record, overwrites the nack's not-before with
+         * this lease deadline (the record then waits a visibility timeout);
+         * fq__take_due and D1 store the same way.  A two-step claim (CAS to
+         * RETRY(me) first, then the deadline, then LEASED) was tried and
+         * reverted: it let test_aio's two-loop test see records delivered
+         * twice (about 1 run in 15), cause not yet found. */
+        atomic_store_explicit(&L->l_deadline_ns, (uint64_t)deadline, FQ_RELAXED);
+        if (atomic_compare_exchange_strong_explicit(&L->l_w, &w, nw, FQ_ACQREL, FQ_RELAXED)) { /* C2 */
             FQ_CRASHPOINT("cons.after_lease");
             if (fq__fill(q, s, 1, &out[n])) {
                 n++;
